@@ -1,0 +1,330 @@
+//! Command line, compatible with kube-proxy's flags where they make sense.
+//! Precedence: flags > `--config` file > defaults.
+
+use crate::config::{parse_duration, KubeProxyConfiguration};
+use crate::iptables::apply::IptablesFlavor;
+use crate::source::SourceSpec;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kube-proxy-rs",
+    version,
+    about = "A drop-in replacement for kube-proxy: programs Service VIPs into the node's kernel",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub flags: Flags,
+    /// Remove every rule and chain this proxy owns, then exit.
+    #[arg(long)]
+    pub cleanup: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the payload that would be applied for a dir: source; touches nothing.
+    Render(RenderArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RenderArgs {
+    #[command(flatten)]
+    pub flags: Flags,
+    /// Node name for endpoint locality (alias of --hostname-override).
+    #[arg(long)]
+    pub node: Option<String>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct Flags {
+    /// Which proxy mode to use: iptables or ipvs.
+    #[arg(long, value_name = "MODE")]
+    pub proxy_mode: Option<String>,
+    /// Path to a KubeProxyConfiguration file; flags override its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Path to a kubeconfig file with authorization information.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Address of the Kubernetes API server (overrides any value in kubeconfig).
+    #[arg(long)]
+    pub master: Option<String>,
+    /// Use this name as the node's name instead of the hostname.
+    #[arg(long)]
+    pub hostname_override: Option<String>,
+    /// The CIDR range(s) of pods, comma separated; traffic from outside is masqueraded.
+    #[arg(long, value_name = "CIDR[,CIDR]")]
+    pub cluster_cidr: Option<String>,
+    /// SNAT all traffic sent via Service cluster IPs.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub masquerade_all: Option<bool>,
+    /// CIDRs of node addresses that accept NodePort traffic (comma separated).
+    #[arg(long, value_name = "CIDR[,CIDR]")]
+    pub nodeport_addresses: Option<String>,
+    /// How often rules are checked and repaired (e.g. 30s, 1m).
+    #[arg(long, value_parser = parse_duration)]
+    pub sync_period: Option<Duration>,
+    /// Minimum interval between rule syncs; bursts of changes are coalesced (e.g. 1s, 0s).
+    #[arg(long, value_parser = parse_duration)]
+    pub min_sync_period: Option<Duration>,
+    /// Where objects come from: `apiserver` (default) or `dir:PATH` (YAML/JSON files).
+    #[arg(long)]
+    pub source: Option<SourceSpec>,
+    /// Serve only Services labelled service.kubernetes.io/service-proxy-name=NAME.
+    #[arg(long)]
+    pub service_proxy_name: Option<String>,
+    /// Bit of the packet mark used for SNAT (0-31, default 14).
+    #[arg(long)]
+    pub iptables_masquerade_bit: Option<u8>,
+    /// Which iptables binaries to run.
+    #[arg(long, value_enum)]
+    pub iptables_backend: Option<IptablesFlavor>,
+    /// Allow NodePorts on 127.0.0.1 (sets route_localnet), as upstream's default.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub iptables_localhost_nodeports: Option<bool>,
+    /// IP families to program: ipv4, ipv6 or both (default: both where the tools work).
+    #[arg(long, value_name = "FAMILIES")]
+    pub ip_families: Option<String>,
+    /// Log verbosity (0-10), as kube-proxy's -v.
+    #[arg(short = 'v', long = "v", value_name = "LEVEL")]
+    pub verbosity: Option<u8>,
+    /// Log format: text or json.
+    #[arg(long)]
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    Iptables,
+    Ipvs,
+}
+
+/// Effective settings after merging flags over the file over defaults.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub mode: ProxyMode,
+    pub kubeconfig: Option<PathBuf>,
+    pub master: Option<String>,
+    pub node_name: String,
+    pub cluster_cidrs: Vec<IpNet>,
+    pub masquerade_all: bool,
+    pub masquerade_bit: u8,
+    pub nodeport_addresses: Vec<IpNet>,
+    pub sync_period: Duration,
+    pub min_sync_period: Duration,
+    pub source: SourceSpec,
+    pub service_proxy_name: Option<String>,
+    pub iptables_flavor: IptablesFlavor,
+    pub localhost_nodeports: bool,
+    pub ipv4: bool,
+    pub ipv6: bool,
+    pub verbosity: u8,
+    pub json_logs: bool,
+    pub ipvs_scheduler: String,
+    pub strict_arp: bool,
+}
+
+fn parse_cidrs(s: &str, what: &str) -> Result<Vec<IpNet>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<IpNet>()
+                .map(|n| n.trunc())
+                .with_context(|| format!("{what}: invalid CIDR {p:?}"))
+        })
+        .collect()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_lowercase())
+        .unwrap_or_default()
+}
+
+impl Flags {
+    /// Merges these flags over the `--config` file and the defaults.
+    pub fn settings(&self) -> Result<Settings> {
+        let file = match &self.config {
+            Some(p) => KubeProxyConfiguration::load(p)?,
+            None => KubeProxyConfiguration::default(),
+        };
+        for f in file.unused_fields() {
+            tracing::warn!(field = f, "config field is accepted but not used by kube-proxy-rs");
+        }
+        let ipt = file.iptables.as_ref();
+        let ipvs = file.ipvs.as_ref();
+        let mode_s = self
+            .proxy_mode
+            .clone()
+            .or(file.mode.clone())
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| "iptables".into());
+        let mode = match mode_s.as_str() {
+            "iptables" => ProxyMode::Iptables,
+            "ipvs" => ProxyMode::Ipvs,
+            other => bail!("unsupported proxy mode {other:?} (supported: iptables, ipvs)"),
+        };
+        if let Some(m) = &file.detect_local_mode {
+            if !m.is_empty() && m != "ClusterCIDR" {
+                bail!("detectLocalMode {m:?} is not supported (supported: ClusterCIDR)");
+            }
+        }
+        let cidr_s = self.cluster_cidr.clone().or(file.cluster_cidr.clone()).unwrap_or_default();
+        let np_s = match (&self.nodeport_addresses, &file.node_port_addresses) {
+            (Some(s), _) => s.clone(),
+            (None, Some(v)) => v.join(","),
+            _ => String::new(),
+        };
+        let families = self.ip_families.clone().unwrap_or_else(|| "ipv4,ipv6".into());
+        let (ipv4, ipv6) = (families.contains("ipv4"), families.contains("ipv6"));
+        if !ipv4 && !ipv6 {
+            bail!("--ip-families: use ipv4, ipv6 or ipv4,ipv6");
+        }
+        let bit = self
+            .iptables_masquerade_bit
+            .or(ipt.and_then(|i| i.masquerade_bit).map(|b| b as u8))
+            .unwrap_or(14);
+        if bit > 31 {
+            bail!("masquerade bit {bit} out of range 0-31");
+        }
+        let per_mode_sync = |mode: ProxyMode, f: fn(&crate::config::IptablesSection) -> Option<Duration>, g: fn(&crate::config::IpvsSection) -> Option<Duration>| match mode {
+            ProxyMode::Iptables => ipt.and_then(f),
+            ProxyMode::Ipvs => ipvs.and_then(g),
+        };
+        let sync_period = self
+            .sync_period
+            .or(per_mode_sync(mode, |i| i.sync_period, |i| i.sync_period))
+            .or(file.sync_period)
+            .unwrap_or(Duration::from_secs(30));
+        let min_sync_period = self
+            .min_sync_period
+            .or(per_mode_sync(mode, |i| i.min_sync_period, |i| i.min_sync_period))
+            .or(file.min_sync_period)
+            .unwrap_or(Duration::from_secs(1));
+        if sync_period.is_zero() {
+            bail!("sync period must be greater than 0");
+        }
+        let log_format = self.log_format.clone().unwrap_or_else(|| "text".into());
+        if log_format != "text" && log_format != "json" {
+            bail!("--log-format: use text or json");
+        }
+        Ok(Settings {
+            mode,
+            kubeconfig: self
+                .kubeconfig
+                .clone()
+                .or(file.client_connection.as_ref().and_then(|c| c.kubeconfig.clone()).map(PathBuf::from))
+                .filter(|p| !p.as_os_str().is_empty()),
+            master: self.master.clone(),
+            node_name: self
+                .hostname_override
+                .clone()
+                .or(file.hostname_override.clone())
+                .filter(|h| !h.is_empty())
+                .map(|h| h.to_lowercase())
+                .unwrap_or_else(hostname),
+            cluster_cidrs: parse_cidrs(&cidr_s, "cluster CIDR")?,
+            masquerade_all: self
+                .masquerade_all
+                .or(ipt.and_then(|i| i.masquerade_all))
+                .unwrap_or(false),
+            masquerade_bit: bit,
+            nodeport_addresses: parse_cidrs(&np_s, "nodeport addresses")?,
+            sync_period,
+            min_sync_period,
+            source: self.source.clone().unwrap_or(SourceSpec::ApiServer),
+            service_proxy_name: self.service_proxy_name.clone().filter(|s| !s.is_empty()),
+            iptables_flavor: self.iptables_backend.unwrap_or_default(),
+            localhost_nodeports: self
+                .iptables_localhost_nodeports
+                .or(ipt.and_then(|i| i.localhost_node_ports))
+                .unwrap_or(true),
+            ipv4,
+            ipv6,
+            verbosity: self.verbosity.unwrap_or(0),
+            json_logs: log_format == "json",
+            ipvs_scheduler: ipvs
+                .and_then(|i| i.scheduler.clone())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "rr".into()),
+            strict_arp: ipvs.and_then(|i| i.strict_arp).unwrap_or(false),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("kube-proxy-rs").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn kube_proxy_style_flags() {
+        let cli = parse(&[
+            "--proxy-mode=iptables",
+            "--cluster-cidr=10.244.0.0/16,fd00::/48",
+            "--masquerade-all",
+            "--min-sync-period=0s",
+            "--sync-period",
+            "1m30s",
+            "--source=dir:/tmp/x",
+            "--hostname-override=Node-1",
+            "-v=4",
+        ]);
+        let s = cli.flags.settings().unwrap();
+        assert_eq!(s.mode, ProxyMode::Iptables);
+        assert_eq!(s.cluster_cidrs.len(), 2);
+        assert!(s.masquerade_all);
+        assert_eq!(s.min_sync_period, Duration::ZERO);
+        assert_eq!(s.sync_period, Duration::from_secs(90));
+        assert_eq!(s.source, SourceSpec::Dir("/tmp/x".into()));
+        assert_eq!(s.node_name, "node-1");
+        assert_eq!(s.verbosity, 4);
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yaml");
+        std::fs::write(
+            &f,
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: iptables\nclusterCIDR: 10.0.0.0/8\niptables:\n  minSyncPeriod: 5s\n  masqueradeAll: true\nipvs:\n  strictARP: true\n",
+        )
+        .unwrap();
+        let path = f.to_str().unwrap();
+        let s = parse(&["--config", path, "--min-sync-period=250ms"]).flags.settings().unwrap();
+        assert_eq!(s.min_sync_period, Duration::from_millis(250));
+        assert!(s.masquerade_all);
+        assert!(s.strict_arp);
+        assert_eq!(s.cluster_cidrs[0].to_string(), "10.0.0.0/8");
+        let s = parse(&["--config", path, "--cluster-cidr=192.168.0.0/16"]).flags.settings().unwrap();
+        assert_eq!(s.cluster_cidrs[0].to_string(), "192.168.0.0/16");
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        assert!(parse(&["--proxy-mode=userspace"]).flags.settings().is_err());
+        assert!(parse(&["--cluster-cidr=10.0.0.0/33"]).flags.settings().is_err());
+        assert!(Cli::try_parse_from(["kube-proxy-rs", "--sync-period=5"]).is_err());
+        assert!(Cli::try_parse_from(["kube-proxy-rs", "--source=http://x"]).is_err());
+    }
+
+    #[test]
+    fn render_subcommand() {
+        let cli = parse(&["render", "--proxy-mode", "iptables", "--source", "dir:/x", "--node", "n1"]);
+        match cli.command {
+            Some(Command::Render(r)) => assert_eq!(r.node.as_deref(), Some("n1")),
+            _ => panic!("expected render"),
+        }
+    }
+}

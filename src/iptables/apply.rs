@@ -1,0 +1,219 @@
+//! The iptables applier: the only code here that runs iptables binaries.
+//! Whole payloads go to `iptables-restore --noflush` over stdin.
+
+use super::render::{Jump, Table};
+use crate::model::Family;
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// Which iptables binaries to run (the node's choice, as with upstream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum IptablesFlavor {
+    /// `iptables`, `iptables-restore`, ...: whatever the host's alternatives select.
+    #[default]
+    Auto,
+    /// `iptables-nft*`.
+    Nft,
+    /// `iptables-legacy*`.
+    Legacy,
+}
+
+/// The kernel side of the iptables backend; faked in tests.
+pub trait Kernel: Send {
+    /// `iptables-restore --noflush` the payload.
+    fn restore(&mut self, family: Family, payload: &str) -> Result<()>;
+    /// `iptables-save -t <table>`.
+    fn save(&mut self, family: Family, table: Table) -> Result<String>;
+    /// Makes sure a jump rule exists; true when it had to be inserted.
+    fn ensure_jump(&mut self, family: Family, jump: &Jump) -> Result<bool>;
+    /// Removes a jump rule if present.
+    fn delete_jump(&mut self, family: Family, jump: &Jump) -> Result<()>;
+    /// Whether this family's tools work on this host at all.
+    fn available(&mut self, family: Family) -> bool;
+    /// Legacy iptables rewrites the whole table on each restore.
+    fn is_legacy(&mut self) -> bool;
+}
+
+/// Runs the real binaries.
+pub struct SystemIptables {
+    flavor: IptablesFlavor,
+    /// Seconds to wait for the xtables lock.
+    pub wait_seconds: u32,
+}
+
+impl SystemIptables {
+    pub fn new(flavor: IptablesFlavor) -> Self {
+        SystemIptables {
+            flavor,
+            wait_seconds: 5,
+        }
+    }
+
+    fn bin(&self, family: Family, tool: &str) -> String {
+        let base = match family {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        };
+        match self.flavor {
+            IptablesFlavor::Auto => format!("{base}{tool}"),
+            IptablesFlavor::Nft => format!("{base}-nft{tool}"),
+            IptablesFlavor::Legacy => format!("{base}-legacy{tool}"),
+        }
+    }
+
+    fn jump_cmd(&self, family: Family, op: &str, jump: &Jump) -> Command {
+        let mut cmd = Command::new(self.bin(family, ""));
+        cmd.arg("-w")
+            .arg(self.wait_seconds.to_string())
+            .arg("-t")
+            .arg(jump.table.name())
+            .arg(op)
+            .arg(jump.from)
+            .args(&jump.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    }
+}
+
+/// Finds the payload line an iptables-restore error points at ("line N failed").
+pub fn failing_line<'a>(stderr: &str, payload: &'a str) -> Option<&'a str> {
+    let idx = stderr.find("line ")?;
+    let digits: String = stderr[idx + 5..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    let n: usize = digits.parse().ok()?;
+    payload.lines().nth(n.checked_sub(1)?)
+}
+
+impl Kernel for SystemIptables {
+    fn restore(&mut self, family: Family, payload: &str) -> Result<()> {
+        let bin = self.bin(family, "-restore");
+        let mut child = Command::new(&bin)
+            .arg("-w")
+            .arg(self.wait_seconds.to_string())
+            .arg("--noflush")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {bin}"))?;
+        child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(payload.as_bytes())
+            .with_context(|| format!("writing payload to {bin}"))?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            let line = failing_line(&stderr, payload)
+                .map(|l| format!(" (payload line: {l})"))
+                .unwrap_or_default();
+            bail!("{bin} failed ({}): {stderr}{line}", out.status);
+        }
+        Ok(())
+    }
+
+    fn save(&mut self, family: Family, table: Table) -> Result<String> {
+        let bin = self.bin(family, "-save");
+        let out = Command::new(&bin)
+            .arg("-t")
+            .arg(table.name())
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {bin}"))?;
+        if !out.status.success() {
+            bail!(
+                "{bin} -t {} failed: {}",
+                table.name(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        String::from_utf8(out.stdout).map_err(|e| anyhow!("{bin} printed non-UTF-8: {e}"))
+    }
+
+    fn ensure_jump(&mut self, family: Family, jump: &Jump) -> Result<bool> {
+        let check = self.jump_cmd(family, "-C", jump).output()?;
+        if check.status.success() {
+            return Ok(false);
+        }
+        let ins = self.jump_cmd(family, "-I", jump).output()?;
+        if !ins.status.success() {
+            bail!(
+                "inserting jump {} -> {:?}: {}",
+                jump.from,
+                jump.args.last(),
+                String::from_utf8_lossy(&ins.stderr).trim()
+            );
+        }
+        Ok(true)
+    }
+
+    fn delete_jump(&mut self, family: Family, jump: &Jump) -> Result<()> {
+        // Delete every copy; stop at the first "not found".
+        for _ in 0..16 {
+            let out = self.jump_cmd(family, "-D", jump).output()?;
+            if !out.status.success() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn available(&mut self, family: Family) -> bool {
+        Command::new(self.bin(family, "-save"))
+            .arg("-t")
+            .arg("filter")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    fn is_legacy(&mut self) -> bool {
+        match self.flavor {
+            IptablesFlavor::Legacy => true,
+            IptablesFlavor::Nft => false,
+            IptablesFlavor::Auto => Command::new("iptables")
+                .arg("--version")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("legacy"))
+                .unwrap_or(false),
+        }
+    }
+}
+
+/// Chain names declared in an `iptables-save` dump (`:NAME POLICY [p:b]`).
+pub fn declared_chains(save: &str) -> Vec<String> {
+    save.lines()
+        .filter_map(|l| l.strip_prefix(':'))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_failing_line() {
+        let payload = "*nat\n:A - [0:0]\n-A A -j NOPE\nCOMMIT\n";
+        assert_eq!(
+            failing_line("iptables-restore: line 3 failed", payload),
+            Some("-A A -j NOPE")
+        );
+        assert_eq!(failing_line("something else", payload), None);
+    }
+
+    #[test]
+    fn parses_declared_chains() {
+        let save = "# Generated\n*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SVC-ABC - [0:0]\n-A KUBE-SVC-ABC -j X\nCOMMIT\n";
+        assert_eq!(declared_chains(save), vec!["PREROUTING", "KUBE-SVC-ABC"]);
+    }
+}

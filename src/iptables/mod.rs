@@ -1,0 +1,10 @@
+//! The iptables backend: model -> iptables-restore payloads -> kernel.
+
+pub mod apply;
+pub mod backend;
+pub mod names;
+pub mod render;
+pub mod state;
+
+pub use backend::IptablesBackend;
+pub use render::RenderConfig;

@@ -1,0 +1,545 @@
+//! Renders service ports into iptables rules (pure; golden-tested).
+//!
+//! The layout follows upstream kube-proxy's iptables mode rule for rule, so
+//! `iptables-save` reads the same and a node's rules can be taken over in place.
+
+use super::names::*;
+use crate::model::{categorize, Endpoint, Family, ServicePort};
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+/// Knobs that shape the rules of one IP family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderConfig {
+    pub family: Family,
+    /// `--cluster-cidr` ranges of this family: pod traffic is "local".
+    pub cluster_cidrs: Vec<IpNet>,
+    pub masquerade_all: bool,
+    /// `--iptables-masquerade-bit` (default 14 -> mark 0x4000).
+    pub masquerade_bit: u8,
+    /// `--nodeport-addresses` of this family; empty means every local address.
+    pub nodeport_addresses: Vec<IpNet>,
+    /// This node's addresses of this family (for `--nodeport-addresses`).
+    pub node_ips: Vec<IpAddr>,
+    /// Kernel supports MASQUERADE --random-fully.
+    pub random_fully: bool,
+    /// `iptables.localhostNodePorts` (IPv4 only): NodePorts answer on 127.0.0.1.
+    pub localhost_nodeports: bool,
+}
+
+impl RenderConfig {
+    pub fn new(family: Family) -> Self {
+        RenderConfig {
+            family,
+            cluster_cidrs: vec![],
+            masquerade_all: false,
+            masquerade_bit: 14,
+            nodeport_addresses: vec![],
+            node_ips: vec![],
+            random_fully: true,
+            localhost_nodeports: false,
+        }
+    }
+
+    fn mark(&self) -> String {
+        format!("{:#x}", 1u32 << self.masquerade_bit)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    Filter,
+    Nat,
+}
+
+impl Table {
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Filter => "filter",
+            Table::Nat => "nat",
+        }
+    }
+}
+
+/// One chain with its full rule list (each line starts with `-A <name>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub table: Table,
+    pub name: String,
+    pub rules: Vec<String>,
+}
+
+/// Chains every service port adds rules to; rewritten whole when they change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Shared {
+    FilterServices,
+    FilterExternalServices,
+    FilterNodePorts,
+    FilterProxyFirewall,
+    NatServices,
+    NatNodePorts,
+}
+
+impl Shared {
+    pub const ALL: [Shared; 6] = [
+        Shared::FilterServices,
+        Shared::FilterExternalServices,
+        Shared::FilterNodePorts,
+        Shared::FilterProxyFirewall,
+        Shared::NatServices,
+        Shared::NatNodePorts,
+    ];
+
+    pub fn table(self) -> Table {
+        match self {
+            Shared::NatServices | Shared::NatNodePorts => Table::Nat,
+            _ => Table::Filter,
+        }
+    }
+
+    pub fn chain(self) -> &'static str {
+        match self {
+            Shared::FilterServices | Shared::NatServices => KUBE_SERVICES,
+            Shared::FilterExternalServices => KUBE_EXTERNAL_SERVICES,
+            Shared::FilterNodePorts | Shared::NatNodePorts => KUBE_NODEPORTS,
+            Shared::FilterProxyFirewall => KUBE_PROXY_FIREWALL,
+        }
+    }
+}
+
+/// Everything one service port contributes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fragment {
+    /// Chains owned by this service port (nat): SVC, SVL, EXT, FW, then SEPs.
+    pub chains: Vec<Chain>,
+    /// Rules for the shared chains, in order.
+    pub shared: Vec<(Shared, String)>,
+}
+
+fn q(s: String) -> String {
+    format!("\"{s}\"")
+}
+
+/// Renders the rules of one service port.
+pub fn render_service_port(sp: &ServicePort, cfg: &RenderConfig) -> Fragment {
+    let mut f = Fragment::default();
+    let Some(cluster_ip) = sp.cluster_ip else {
+        return f;
+    };
+    let names = ServiceChains::of(sp);
+    let name = sp.name_string();
+    let proto = sp.key.protocol.lower();
+    let mproto = format!("-m {proto} -p {proto}");
+    let port = sp.port;
+    let cat = categorize(sp);
+    let has_endpoints = cat.has_any;
+    let cluster_chain = &names.svc;
+    let local_chain = &names.svl;
+
+    let (internal_chain, has_internal) = if sp.internal_policy_local {
+        (local_chain, has_endpoints && !cat.local.is_empty())
+    } else {
+        (cluster_chain, has_endpoints)
+    };
+    let (external_policy_chain, has_external) = if sp.external_policy_local {
+        (local_chain, has_endpoints && !cat.local.is_empty())
+    } else {
+        (cluster_chain, has_endpoints)
+    };
+    let uses_fw = has_endpoints
+        && !sp.load_balancer_ips.is_empty()
+        && !sp.load_balancer_source_ranges.is_empty();
+    let lb_chain = if uses_fw { &names.fw } else { &names.ext };
+
+    let (internal_filter, external_filter) = if !has_endpoints {
+        let c = q(format!("{name} has no endpoints"));
+        (("REJECT", c.clone()), ("REJECT", c))
+    } else {
+        let c = q(format!("{name} has no local endpoints"));
+        (("DROP", c.clone()), ("DROP", c))
+    };
+
+    let mut shared = |s: Shared, rule: String| f.shared.push((s, rule));
+    let dst_rule = |chain: &str, comment: &str, ip: &IpAddr, target: &str| {
+        format!("-A {chain} -m comment --comment {comment} {mproto} -d {ip} --dport {port} -j {target}")
+    };
+
+    // ClusterIP.
+    if has_internal {
+        let c = q(format!("{name} cluster IP"));
+        shared(Shared::NatServices, dst_rule(KUBE_SERVICES, &c, &cluster_ip, internal_chain));
+    } else {
+        let (target, c) = &internal_filter;
+        shared(Shared::FilterServices, dst_rule(KUBE_SERVICES, c, &cluster_ip, target));
+    }
+    // externalIPs.
+    for ip in &sp.external_ips {
+        if has_endpoints {
+            let c = q(format!("{name} external IP"));
+            shared(Shared::NatServices, dst_rule(KUBE_SERVICES, &c, ip, &names.ext));
+        }
+        if !has_external {
+            let (target, c) = &external_filter;
+            shared(Shared::FilterExternalServices, dst_rule(KUBE_EXTERNAL_SERVICES, c, ip, target));
+        }
+    }
+    // Load balancer ingress IPs.
+    for ip in &sp.load_balancer_ips {
+        if has_endpoints {
+            let c = q(format!("{name} loadbalancer IP"));
+            shared(Shared::NatServices, dst_rule(KUBE_SERVICES, &c, ip, lb_chain));
+        }
+        if uses_fw {
+            let c = q(format!("{name} traffic not accepted by {}", names.fw));
+            shared(Shared::FilterProxyFirewall, dst_rule(KUBE_PROXY_FIREWALL, &c, ip, "DROP"));
+        }
+    }
+    if !has_external {
+        for ip in &sp.load_balancer_ips {
+            let (target, c) = &external_filter;
+            shared(Shared::FilterExternalServices, dst_rule(KUBE_EXTERNAL_SERVICES, c, ip, target));
+        }
+    }
+    // NodePort.
+    if let Some(np) = sp.node_port {
+        if has_endpoints {
+            shared(
+                Shared::NatNodePorts,
+                format!("-A {KUBE_NODEPORTS} -m comment --comment {name} {mproto} --dport {np} -j {}", names.ext),
+            );
+        }
+        if !has_external {
+            let (target, c) = &external_filter;
+            shared(
+                Shared::FilterExternalServices,
+                format!(
+                    "-A {KUBE_EXTERNAL_SERVICES} -m comment --comment {c} -m addrtype --dst-type LOCAL {mproto} --dport {np} -j {target}"
+                ),
+            );
+        }
+    }
+    // healthCheckNodePort: always accepted.
+    if let Some(hc) = sp.health_check_node_port {
+        let c = q(format!("{name} health check node port"));
+        shared(
+            Shared::FilterNodePorts,
+            format!("-A {KUBE_NODEPORTS} -m comment --comment {c} -m tcp -p tcp --dport {hc} -j ACCEPT"),
+        );
+    }
+
+    let local_match = |negate: bool| -> Option<String> {
+        if cfg.cluster_cidrs.is_empty() {
+            return None;
+        }
+        let bang = if negate { "! " } else { "" };
+        Some(
+            cfg.cluster_cidrs
+                .iter()
+                .map(|c| format!("{bang}-s {c}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+    };
+
+    // Owned chains, in upstream's order: EXT, FW, SVC, SVL, SEPs. We collect
+    // them into the policy chains first, since the masquerade rule lands in
+    // whichever chain ClusterIP traffic enters.
+    let uses_cluster_chain = !cat.cluster.is_empty() && crate::model::categorize::uses_cluster_endpoints(sp);
+    let uses_local_chain = !cat.local.is_empty() && crate::model::categorize::uses_local_endpoints(sp);
+    let mut svc_rules = Vec::new();
+    let mut svl_rules = Vec::new();
+    if has_internal {
+        let args = format!(
+            "-m comment --comment {} {mproto} -d {cluster_ip} --dport {port}",
+            q(format!("{name} cluster IP"))
+        );
+        let rule = if cfg.masquerade_all {
+            Some(format!("-A {internal_chain} {args} -j {KUBE_MARK_MASQ}"))
+        } else {
+            local_match(true).map(|m| format!("-A {internal_chain} {args} {m} -j {KUBE_MARK_MASQ}"))
+        };
+        if let Some(rule) = rule {
+            if sp.internal_policy_local {
+                svl_rules.push(rule);
+            } else {
+                svc_rules.push(rule);
+            }
+        }
+    }
+
+    if has_endpoints && sp.has_external() {
+        let ext = &names.ext;
+        let mut rules = Vec::new();
+        if !sp.external_policy_local {
+            rules.push(format!(
+                "-A {ext} -m comment --comment {} -j {KUBE_MARK_MASQ}",
+                q(format!("masquerade traffic for {name} external destinations"))
+            ));
+        } else {
+            if let Some(m) = local_match(false) {
+                rules.push(format!(
+                    "-A {ext} -m comment --comment {} {m} -j {cluster_chain}",
+                    q(format!("pod traffic for {name} external destinations"))
+                ));
+            }
+            rules.push(format!(
+                "-A {ext} -m comment --comment {} -m addrtype --src-type LOCAL -j {KUBE_MARK_MASQ}",
+                q(format!("masquerade LOCAL traffic for {name} external destinations"))
+            ));
+            rules.push(format!(
+                "-A {ext} -m comment --comment {} -m addrtype --src-type LOCAL -j {cluster_chain}",
+                q(format!("route LOCAL traffic for {name} external destinations"))
+            ));
+        }
+        if has_external {
+            rules.push(format!("-A {ext} -j {external_policy_chain}"));
+        }
+        f.chains.push(nat_chain(ext, rules));
+    }
+
+    if uses_fw {
+        let fw = &names.fw;
+        let c = q(format!("{name} loadbalancer IP"));
+        let mut rules = Vec::new();
+        let mut allow_from_node = false;
+        for cidr in &sp.load_balancer_source_ranges {
+            rules.push(format!("-A {fw} -m comment --comment {c} -s {cidr} -j {}", names.ext));
+            allow_from_node |= cfg.node_ips.iter().any(|ip| cidr.contains(ip));
+        }
+        if allow_from_node {
+            for ip in &sp.load_balancer_ips {
+                rules.push(format!("-A {fw} -m comment --comment {c} -s {ip} -j {}", names.ext));
+            }
+        }
+        rules.push(format!(
+            "-A {fw} -m comment --comment {}",
+            q(format!("other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"))
+        ));
+        f.chains.push(nat_chain(fw, rules));
+    }
+
+    if uses_cluster_chain {
+        endpoint_dispatch(sp, cluster_chain, &cat.cluster, &mut svc_rules);
+        f.chains.push(nat_chain(cluster_chain, svc_rules));
+    }
+    if uses_local_chain {
+        endpoint_dispatch(sp, local_chain, &cat.local, &mut svl_rules);
+        f.chains.push(nat_chain(local_chain, svl_rules));
+    }
+
+    for ep in &cat.all_reachable {
+        let sep = endpoint_chain(sp, ep);
+        let mut rules = vec![format!(
+            "-A {sep} -m comment --comment {name} -s {} -j {KUBE_MARK_MASQ}",
+            ep.ip
+        )];
+        let affinity = if sp.affinity_timeout.is_some() {
+            format!(" -m recent --name {sep} --set")
+        } else {
+            String::new()
+        };
+        rules.push(format!(
+            "-A {sep} -m comment --comment {name}{affinity} {mproto} -j DNAT --to-destination {}",
+            ep.addr_string()
+        ));
+        f.chains.push(nat_chain(&sep, rules));
+    }
+    f
+}
+
+fn nat_chain(name: &str, rules: Vec<String>) -> Chain {
+    Chain {
+        table: Table::Nat,
+        name: name.to_string(),
+        rules,
+    }
+}
+
+/// Upstream's probability for the i-th of n rules: 1/(n-i), 10 decimals.
+pub fn probability(remaining: usize) -> String {
+    format!("{:.10}", 1.0 / remaining as f64)
+}
+
+/// Session-affinity checks, then the cascading random split over endpoints.
+fn endpoint_dispatch(sp: &ServicePort, chain: &str, eps: &[&Endpoint], rules: &mut Vec<String>) {
+    let name = sp.name_string();
+    if let Some(timeout) = sp.affinity_timeout {
+        for ep in eps {
+            let sep = endpoint_chain(sp, ep);
+            rules.push(format!(
+                "-A {chain} -m comment --comment {} -m recent --name {sep} --rcheck --seconds {timeout} --reap -j {sep}",
+                q(format!("{name} -> {}", ep.addr_string()))
+            ));
+        }
+    }
+    let n = eps.len();
+    for (i, ep) in eps.iter().enumerate() {
+        let sep = endpoint_chain(sp, ep);
+        let c = q(format!("{name} -> {}", ep.addr_string()));
+        if i + 1 < n {
+            rules.push(format!(
+                "-A {chain} -m comment --comment {c} -m statistic --mode random --probability {} -j {sep}",
+                probability(n - i)
+            ));
+        } else {
+            rules.push(format!("-A {chain} -m comment --comment {c} -j {sep}"));
+        }
+    }
+}
+
+/// The fixed chains (same for every sync), by table.
+pub fn render_fixed(cfg: &RenderConfig) -> Vec<Chain> {
+    let mark = cfg.mark();
+    let random_fully = if cfg.random_fully { " --random-fully" } else { "" };
+    let mut out = vec![
+        Chain {
+            table: Table::Nat,
+            name: KUBE_POSTROUTING.into(),
+            rules: vec![
+                format!("-A {KUBE_POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN"),
+                format!("-A {KUBE_POSTROUTING} -j MARK --xor-mark {mark}"),
+                format!(
+                    "-A {KUBE_POSTROUTING} -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE{random_fully}"
+                ),
+            ],
+        },
+        Chain {
+            table: Table::Nat,
+            name: KUBE_MARK_MASQ.into(),
+            rules: vec![format!("-A {KUBE_MARK_MASQ} -j MARK --or-mark {mark}")],
+        },
+        Chain {
+            table: Table::Filter,
+            name: KUBE_FORWARD.into(),
+            rules: vec![
+                format!(
+                    "-A {KUBE_FORWARD} -m comment --comment \"kubernetes forwarding rules\" -m mark --mark {mark}/{mark} -j ACCEPT"
+                ),
+                format!(
+                    "-A {KUBE_FORWARD} -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+                ),
+            ],
+        },
+    ];
+    let mut firewall = Vec::new();
+    if cfg.localhost_nodeports && cfg.family == Family::V4 {
+        firewall.push(format!(
+            "-A {KUBE_FIREWALL} -m comment --comment \"block incoming localnet connections\" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
+        ));
+    }
+    out.push(Chain {
+        table: Table::Filter,
+        name: KUBE_FIREWALL.into(),
+        rules: firewall,
+    });
+    out
+}
+
+/// The rules that end a shared chain, after every service's rules.
+pub fn shared_tail(s: Shared, cfg: &RenderConfig) -> Vec<String> {
+    if s != Shared::NatServices {
+        return vec![];
+    }
+    let c = "\"kubernetes service nodeports; NOTE: this must be the last rule in this chain\"";
+    let all = cfg.nodeport_addresses.is_empty()
+        || cfg.nodeport_addresses.iter().any(|n| n.prefix_len() == 0);
+    if all {
+        return vec![format!(
+            "-A {KUBE_SERVICES} -m comment --comment {c} -m addrtype --dst-type LOCAL -j {KUBE_NODEPORTS}"
+        )];
+    }
+    let mut ips: Vec<&IpAddr> = cfg
+        .node_ips
+        .iter()
+        .filter(|ip| cfg.nodeport_addresses.iter().any(|n| n.contains(*ip)))
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips.into_iter()
+        .map(|ip| format!("-A {KUBE_SERVICES} -m comment --comment {c} -d {ip} -j {KUBE_NODEPORTS}"))
+        .collect()
+}
+
+/// A jump from a built-in chain that must exist (ensured with `-C`/`-I`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jump {
+    pub table: Table,
+    pub from: &'static str,
+    /// Arguments after the chain name, e.g. `-m comment --comment ... -j KUBE-SERVICES`.
+    pub args: Vec<String>,
+}
+
+/// The jumps into our chains from the built-in chains, as upstream installs them.
+pub fn jumps() -> Vec<Jump> {
+    let new = ["-m", "conntrack", "--ctstate", "NEW"];
+    let spec: [(Table, &'static str, &'static str, &str, bool); 14] = [
+        (Table::Filter, "INPUT", KUBE_EXTERNAL_SERVICES, "kubernetes externally-visible service portals", true),
+        (Table::Filter, "FORWARD", KUBE_EXTERNAL_SERVICES, "kubernetes externally-visible service portals", true),
+        (Table::Filter, "INPUT", KUBE_NODEPORTS, "kubernetes health check service ports", false),
+        (Table::Filter, "FORWARD", KUBE_SERVICES, "kubernetes service portals", true),
+        (Table::Filter, "OUTPUT", KUBE_SERVICES, "kubernetes service portals", true),
+        (Table::Filter, "FORWARD", KUBE_FORWARD, "kubernetes forwarding rules", false),
+        (Table::Filter, "INPUT", KUBE_PROXY_FIREWALL, "kubernetes load balancer firewall", true),
+        (Table::Filter, "OUTPUT", KUBE_PROXY_FIREWALL, "kubernetes load balancer firewall", true),
+        (Table::Filter, "FORWARD", KUBE_PROXY_FIREWALL, "kubernetes load balancer firewall", true),
+        (Table::Filter, "INPUT", KUBE_FIREWALL, "kubernetes firewall for dropping marked packets", false),
+        (Table::Filter, "OUTPUT", KUBE_FIREWALL, "kubernetes firewall for dropping marked packets", false),
+        (Table::Nat, "OUTPUT", KUBE_SERVICES, "kubernetes service portals", false),
+        (Table::Nat, "PREROUTING", KUBE_SERVICES, "kubernetes service portals", false),
+        (Table::Nat, "POSTROUTING", KUBE_POSTROUTING, "kubernetes postrouting rules", false),
+    ];
+    spec.iter()
+        .map(|(table, from, to, comment, ctnew)| {
+            let mut args: Vec<String> = Vec::new();
+            if *ctnew {
+                args.extend(new.iter().map(|s| s.to_string()));
+            }
+            args.extend(["-m", "comment", "--comment", comment, "-j", to].iter().map(|s| s.to_string()));
+            Jump {
+                table: *table,
+                from,
+                args,
+            }
+        })
+        .collect()
+}
+
+/// Renders a complete iptables-restore payload for a set of service ports
+/// (what `render` prints and what a full sync writes, before splitting).
+pub fn render_full(ports: &[&ServicePort], cfg: &RenderConfig) -> String {
+    let fragments: Vec<Fragment> = ports.iter().map(|sp| render_service_port(sp, cfg)).collect();
+    let mut by_table: Vec<(Table, Vec<Chain>)> = vec![(Table::Filter, vec![]), (Table::Nat, vec![])];
+    let fixed = render_fixed(cfg);
+    for s in Shared::ALL {
+        let mut rules: Vec<String> = fragments
+            .iter()
+            .flat_map(|f| f.shared.iter().filter(|(k, _)| *k == s).map(|(_, r)| r.clone()))
+            .collect();
+        rules.extend(shared_tail(s, cfg));
+        let slot = by_table.iter_mut().find(|(t, _)| *t == s.table()).unwrap();
+        slot.1.push(Chain {
+            table: s.table(),
+            name: s.chain().to_string(),
+            rules,
+        });
+    }
+    for c in fixed.into_iter().chain(fragments.into_iter().flat_map(|f| f.chains)) {
+        let slot = by_table.iter_mut().find(|(t, _)| *t == c.table).unwrap();
+        slot.1.push(c);
+    }
+    let mut out = String::new();
+    for (table, chains) in by_table {
+        out.push_str(&format!("*{}\n", table.name()));
+        for c in &chains {
+            out.push_str(&format!(":{} - [0:0]\n", c.name));
+        }
+        for c in &chains {
+            for r in &c.rules {
+                out.push_str(r);
+                out.push('\n');
+            }
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
+}

@@ -1,0 +1,212 @@
+//! The imperative shell: wires settings, sources, backend and sync loop.
+
+use crate::backend::Backend;
+use crate::cli::{Flags, ProxyMode, RenderArgs, Settings};
+use crate::iptables::apply::{Kernel, SystemIptables};
+use crate::iptables::backend::KernelFactory;
+use crate::iptables::render::{jumps, render_full};
+use crate::iptables::{IptablesBackend, RenderConfig};
+use crate::model::{build_service, Built, Family, NodeContext, ServicePort};
+use crate::node;
+use crate::source::{self, SourceSpec};
+use crate::sync::{self, SyncConfig};
+use anyhow::{bail, Context, Result};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+fn init_logging(s: &Settings) {
+    let level = match s.verbosity {
+        0..=3 => "info",
+        4..=5 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KUBE_PROXY_RS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},kube=warn,hyper=warn,tower=warn,rustls=warn")));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if s.json_logs {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+/// Render configs for the families to program on this node.
+pub fn render_configs(s: &Settings, local_ips: &[std::net::IpAddr]) -> Vec<RenderConfig> {
+    let mut out = Vec::new();
+    for (family, on) in [(Family::V4, s.ipv4), (Family::V6, s.ipv6)] {
+        if !on {
+            continue;
+        }
+        let mut cfg = RenderConfig::new(family);
+        cfg.cluster_cidrs = s.cluster_cidrs.iter().filter(|n| Family::of_net(n) == family).cloned().collect();
+        cfg.masquerade_all = s.masquerade_all;
+        cfg.masquerade_bit = s.masquerade_bit;
+        cfg.nodeport_addresses = s
+            .nodeport_addresses
+            .iter()
+            .filter(|n| Family::of_net(n) == family)
+            .cloned()
+            .collect();
+        cfg.node_ips = node::of_family(local_ips, family);
+        cfg.localhost_nodeports = s.localhost_nodeports && family == Family::V4;
+        out.push(cfg);
+    }
+    out
+}
+
+fn kernel_factory(s: &Settings) -> KernelFactory {
+    let flavor = s.iptables_flavor;
+    Arc::new(move || Box::new(SystemIptables::new(flavor)) as Box<dyn Kernel>)
+}
+
+fn node_context(s: &Settings) -> NodeContext {
+    NodeContext {
+        node_name: s.node_name.clone(),
+        zone: None,
+        service_proxy_name: s.service_proxy_name.clone(),
+    }
+}
+
+/// `--cleanup`: remove everything this proxy (or upstream kube-proxy) owns.
+pub fn cleanup(flags: &Flags) -> Result<()> {
+    let s = flags.settings()?;
+    init_logging(&s);
+    let mut backend = IptablesBackend::new(kernel_factory(&s), render_configs(&s, &[]));
+    backend.cleanup()?;
+    tracing::info!("removed all kube-proxy rules and chains");
+    Ok(())
+}
+
+/// `render`: prints the payload for a dir: source and touches nothing.
+pub fn render(args: &RenderArgs) -> Result<()> {
+    let mut s = args.flags.settings()?;
+    if let Some(n) = &args.node {
+        s.node_name = n.to_lowercase();
+    }
+    let SourceSpec::Dir(dir) = &s.source else {
+        bail!("render needs --source dir:PATH");
+    };
+    if s.mode != ProxyMode::Iptables {
+        bail!("render: proxy mode ipvs is not available yet");
+    }
+    let (services, slices, errors) = source::dir::load_once(dir);
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+    let ctx = node_context(&s);
+    let mut store = source::Store::default();
+    store.apply(source::Update::ReplaceServices(services));
+    store.apply(source::Update::ReplaceSlices(slices));
+    let mut ports: Vec<ServicePort> = Vec::new();
+    let keys: Vec<_> = store.service_keys().cloned().collect();
+    for key in keys {
+        let svc = store.service(&key).expect("listed key");
+        match build_service(svc, &store.slices_of(&key), &ctx) {
+            Ok(out) => {
+                for w in out.warnings {
+                    eprintln!("warning: {w}");
+                }
+                if let Built::Ports(p) = out.built {
+                    ports.extend(p);
+                }
+            }
+            Err(e) => eprintln!("error: {e}; skipped"),
+        }
+    }
+    ports.sort_by(|a, b| a.key.cmp(&b.key));
+    let local_ips = if s.nodeport_addresses.is_empty() { vec![] } else { node::local_addresses() };
+    for cfg in render_configs(&s, &local_ips) {
+        let fam: Vec<&ServicePort> = ports.iter().filter(|p| p.key.family == cfg.family).collect();
+        if cfg.family == Family::V6 && fam.is_empty() {
+            continue;
+        }
+        let tool = if cfg.family == Family::V4 { "iptables" } else { "ip6tables" };
+        println!("# {tool}-restore --noflush payload");
+        print!("{}", render_full(&fam, &cfg));
+        println!("# jumps ensured in built-in chains ({tool} -t TABLE -I CHAIN ...):");
+        for j in jumps() {
+            println!("#   -t {} -I {} {}", j.table.name(), j.from, j.args.join(" "));
+        }
+    }
+    Ok(())
+}
+
+/// The daemon.
+pub fn daemon(flags: &Flags) -> Result<()> {
+    let s = flags.settings()?;
+    init_logging(&s);
+    if s.mode == ProxyMode::Ipvs {
+        bail!("proxy mode ipvs is not available in this build yet; use --proxy-mode iptables");
+    }
+    tracing::info!(
+        mode = "iptables",
+        node = %s.node_name,
+        cluster_cidrs = ?s.cluster_cidrs,
+        min_sync_period = ?s.min_sync_period,
+        sync_period = ?s.sync_period,
+        source = ?s.source,
+        "starting kube-proxy-rs"
+    );
+    if s.localhost_nodeports && s.ipv4 {
+        if let Err(e) = node::set_sysctl("net.ipv4.conf.all.route_localnet", "1") {
+            tracing::warn!(error = %e, "cannot enable route_localnet; NodePorts on 127.0.0.1 will not work");
+        }
+    }
+    let local_ips = node::local_addresses();
+    let backend: Box<dyn Backend> = Box::new(IptablesBackend::new(kernel_factory(&s), render_configs(&s, &local_ips)));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let (tx, rx) = mpsc::channel(1024);
+        match &s.source {
+            SourceSpec::Dir(d) => {
+                tokio::spawn(source::dir::run(d.clone(), Duration::from_millis(500), tx));
+            }
+            SourceSpec::ApiServer => {
+                let client = kube_client(&s).await?;
+                tokio::spawn(source::kube::run(client, s.service_proxy_name.clone(), tx));
+            }
+        }
+        let cfg = SyncConfig {
+            min_sync_period: s.min_sync_period,
+            sync_period: s.sync_period,
+            ..Default::default()
+        };
+        sync::run(backend, rx, node_context(&s), cfg, shutdown_signal()).await;
+        Ok::<(), anyhow::Error>(())
+    })?;
+    // Exit without waiting for watch tasks: rules stay as they are.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: exiting, rules stay in place"),
+        _ = int.recv() => tracing::info!("SIGINT: exiting, rules stay in place"),
+    }
+}
+
+async fn kube_client(s: &Settings) -> Result<kube::Client> {
+    let mut config = match &s.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .context("loading kubeconfig")?
+        }
+        None => kube::Config::infer().await.context("no kubeconfig given and no in-cluster config found")?,
+    };
+    if let Some(m) = &s.master {
+        config.cluster_url = m.parse().with_context(|| format!("invalid --master {m:?}"))?;
+    }
+    kube::Client::try_from(config).context("building the API client")
+}

@@ -1,0 +1,127 @@
+//! Watches Services and EndpointSlices on the API server (kube-rs watcher:
+//! list+watch, relist on expiry (410), backoff on errors).
+
+use super::{Kind, SourceMsg, Update};
+use crate::model::build::SERVICE_PROXY_NAME_LABEL;
+use crate::model::ServiceKey;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Resource};
+use tokio::sync::mpsc;
+
+/// Label selector for the Services this proxy serves, as upstream builds it.
+pub fn service_selector(service_proxy_name: Option<&str>) -> String {
+    let proxy = match service_proxy_name {
+        Some(name) => format!("{SERVICE_PROXY_NAME_LABEL}={name}"),
+        None => format!("!{SERVICE_PROXY_NAME_LABEL}"),
+    };
+    format!("{proxy},!service.kubernetes.io/headless")
+}
+
+fn key_of<K: Resource>(o: &K) -> ServiceKey {
+    ServiceKey {
+        namespace: o.meta().namespace.clone().unwrap_or_default(),
+        name: o.meta().name.clone().unwrap_or_default(),
+    }
+}
+
+/// Runs both watches until the receiver goes away.
+pub async fn run(client: Client, service_proxy_name: Option<String>, tx: mpsc::Sender<SourceMsg>) {
+    let services: Api<Service> = Api::all(client.clone());
+    let slices: Api<EndpointSlice> = Api::all(client);
+    let svc_cfg = watcher::Config::default().labels(&service_selector(service_proxy_name.as_deref()));
+    let svc_stream = watcher::watcher(services, svc_cfg).default_backoff();
+    let slice_stream = watcher::watcher(slices, watcher::Config::default()).default_backoff();
+    let a = pump(
+        svc_stream,
+        Kind::Services,
+        tx.clone(),
+        |s| Update::Service(Box::new(s)),
+        |k| Update::ServiceDeleted(k),
+        Update::ReplaceServices,
+    );
+    let b = pump(
+        slice_stream,
+        Kind::EndpointSlices,
+        tx,
+        |s| Update::Slice(Box::new(s)),
+        |k| Update::SliceDeleted(k),
+        Update::ReplaceSlices,
+    );
+    tokio::join!(a, b);
+}
+
+async fn pump<K, S>(
+    stream: S,
+    kind: Kind,
+    tx: mpsc::Sender<SourceMsg>,
+    apply: fn(K) -> Update,
+    delete: fn(ServiceKey) -> Update,
+    replace: fn(Vec<K>) -> Update,
+) where
+    K: Resource + Clone,
+    S: Stream<Item = Result<Event<K>, watcher::Error>>,
+{
+    futures::pin_mut!(stream);
+    let mut buffer: Option<Vec<K>> = None;
+    let mut error_logged = false;
+    while let Some(ev) = stream.next().await {
+        let msg = match ev {
+            Ok(Event::Init) => {
+                buffer = Some(Vec::new());
+                None
+            }
+            Ok(Event::InitApply(o)) => {
+                buffer.get_or_insert_with(Vec::new).push(o);
+                None
+            }
+            Ok(Event::InitDone) => {
+                let list = buffer.take().unwrap_or_default();
+                tracing::info!(?kind, objects = list.len(), "listed");
+                if tx.send(SourceMsg::Update(replace(list))).await.is_err() {
+                    return;
+                }
+                Some(SourceMsg::Synced(kind))
+            }
+            Ok(Event::Apply(o)) => Some(SourceMsg::Update(apply(o))),
+            Ok(Event::Delete(o)) => Some(SourceMsg::Update(delete(key_of(&o)))),
+            Err(e) => {
+                // The watcher relists by itself (410 Gone included) with backoff.
+                if !error_logged {
+                    tracing::warn!(?kind, error = %e, "watch failed; retrying with backoff, rules stay as they are");
+                    error_logged = true;
+                }
+                None
+            }
+        };
+        if let Some(m) = msg {
+            if error_logged {
+                tracing::info!(?kind, "watch recovered");
+                error_logged = false;
+            }
+            if tx.send(m).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors() {
+        assert_eq!(
+            service_selector(None),
+            "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
+        );
+        assert_eq!(
+            service_selector(Some("rs")),
+            "service.kubernetes.io/service-proxy-name=rs,!service.kubernetes.io/headless"
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! The sync loop: takes source updates, keeps the model current, and asks the
+//! backend to apply what changed, coalescing bursts (`--min-sync-period`),
+//! re-checking the kernel every `--sync-period`, retrying failures with backoff.
+
+pub mod conntrack;
+pub mod model;
+
+use crate::backend::{Backend, ScanResult};
+use crate::model::{NodeContext, ServicePortKey};
+use crate::source::{Kind, SourceMsg, Store};
+use model::{ModelCache, PortChange};
+use std::collections::{BTreeSet, HashSet};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub min_sync_period: Duration,
+    pub sync_period: Duration,
+    /// Rewrite everything this often even if nothing seems changed.
+    pub full_resync_period: Duration,
+    /// Delete stale UDP conntrack entries after syncs.
+    pub conntrack: bool,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            min_sync_period: Duration::from_secs(1),
+            sync_period: Duration::from_secs(30),
+            full_resync_period: Duration::from_secs(3600),
+            conntrack: true,
+        }
+    }
+}
+
+/// Backoff after `failures` consecutive failed syncs.
+pub fn backoff(failures: u32, min_sync_period: Duration) -> Duration {
+    let base = Duration::from_millis(500).max(min_sync_period);
+    let exp = base.saturating_mul(1 << failures.min(6));
+    exp.min(Duration::from_secs(30))
+}
+
+struct Loop {
+    backend: Box<dyn Backend>,
+    cfg: SyncConfig,
+    store: Store,
+    model: ModelCache,
+    synced: HashSet<Kind>,
+    pending: BTreeSet<ServicePortKey>,
+    changes: Vec<PortChange>,
+    need_full: bool,
+    cleanup_pending: bool,
+    last_sync: Option<Instant>,
+    last_full: Option<Instant>,
+    not_before: Instant,
+    failures: u32,
+    scanned: bool,
+}
+
+impl Loop {
+    fn ready(&self) -> bool {
+        self.synced.contains(&Kind::Services) && self.synced.contains(&Kind::EndpointSlices)
+    }
+
+    fn has_work(&self) -> bool {
+        self.ready() && (self.need_full || self.cleanup_pending || !self.pending.is_empty())
+    }
+
+    fn deadline(&self) -> Instant {
+        let after_min = self
+            .last_sync
+            .map(|t| t + self.cfg.min_sync_period)
+            .unwrap_or_else(Instant::now);
+        after_min.max(self.not_before)
+    }
+
+    fn take(&mut self, msg: SourceMsg) {
+        match msg {
+            SourceMsg::Synced(k) => {
+                self.synced.insert(k);
+            }
+            SourceMsg::Update(u) => {
+                let dirty = self.store.apply(u);
+                if dirty.is_empty() {
+                    return;
+                }
+                let r = self.model.rebuild(&self.store, &dirty);
+                for e in &r.errors {
+                    tracing::error!("{e}");
+                }
+                for w in &r.warnings {
+                    tracing::warn!("{w}");
+                }
+                self.pending.extend(r.changed);
+                if self.cfg.conntrack {
+                    self.changes.extend(r.changes);
+                }
+            }
+        }
+    }
+
+    fn sync(&mut self) {
+        let started = Instant::now();
+        let full = self.need_full;
+        let result = tokio::task::block_in_place(|| {
+            self.backend.sync(&self.model.ports, &self.pending, full)
+        });
+        self.last_sync = Some(Instant::now());
+        match result {
+            Ok(stats) => {
+                if self.failures > 0 {
+                    tracing::info!(failures = self.failures, "sync recovered");
+                }
+                self.failures = 0;
+                tracing::info!(
+                    backend = self.backend.name(),
+                    full,
+                    changed = self.pending.len(),
+                    service_ports = self.model.ports.len(),
+                    calls = stats.calls,
+                    lines = stats.lines,
+                    chains_written = stats.written,
+                    chains_deleted = stats.deleted,
+                    ms = started.elapsed().as_millis() as u64,
+                    "synced"
+                );
+                self.pending.clear();
+                self.need_full = false;
+                self.cleanup_pending = false;
+                if full {
+                    self.last_full = self.last_sync;
+                }
+                let flushes: Vec<_> = self.changes.drain(..).flat_map(|c| conntrack::flushes(&c)).collect();
+                if !flushes.is_empty() {
+                    tokio::task::block_in_place(|| conntrack::run(&flushes));
+                }
+            }
+            Err(e) => {
+                self.failures += 1;
+                let wait = backoff(self.failures, self.cfg.min_sync_period);
+                if self.failures == 1 {
+                    tracing::error!(error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "sync failed; rules in the kernel are left as they were; retrying with a full sync");
+                } else {
+                    tracing::debug!(error = %format!("{e:#}"), failures = self.failures, "sync failed again");
+                }
+                self.need_full = true;
+                self.not_before = Instant::now() + wait;
+            }
+        }
+    }
+}
+
+/// Runs until `shutdown` resolves or the sources hang up.
+pub async fn run(
+    backend: Box<dyn Backend>,
+    mut rx: mpsc::Receiver<SourceMsg>,
+    node: NodeContext,
+    cfg: SyncConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut lp = Loop {
+        backend,
+        store: Store::default(),
+        model: ModelCache::new(node),
+        synced: HashSet::new(),
+        pending: BTreeSet::new(),
+        changes: Vec::new(),
+        need_full: true,
+        cleanup_pending: false,
+        last_sync: None,
+        last_full: None,
+        not_before: Instant::now(),
+        failures: 0,
+        scanned: false,
+        cfg,
+    };
+    let mut tick = tokio::time::interval(lp.cfg.sync_period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut scan_rx: Option<oneshot::Receiver<anyhow::Result<ScanResult>>> = None;
+    tokio::pin!(shutdown);
+    loop {
+        let deadline = tokio::time::Instant::from_std(lp.deadline());
+        let work = lp.has_work();
+        tokio::select! {
+            _ = &mut shutdown => break,
+            msg = rx.recv() => match msg {
+                Some(m) => lp.take(m),
+                None => break,
+            },
+            _ = tokio::time::sleep_until(deadline), if work => {
+                // Drain whatever else is already queued, then sync once.
+                while let Ok(m) = rx.try_recv() {
+                    lp.take(m);
+                }
+                lp.sync();
+                if lp.failures == 0 && !lp.scanned {
+                    lp.scanned = true;
+                    if let Some(job) = lp.backend.scan_job() {
+                        let (tx, r) = oneshot::channel();
+                        std::thread::spawn(move || { let _ = tx.send(job()); });
+                        scan_rx = Some(r);
+                    }
+                }
+            }
+            res = async { scan_rx.as_mut().unwrap().await }, if scan_rx.is_some() => {
+                scan_rx = None;
+                match res {
+                    Ok(Ok(result)) => {
+                        if lp.backend.apply_scan(result) {
+                            tracing::info!("found rules left by an earlier run that no service owns; removing them");
+                            lp.cleanup_pending = true;
+                        }
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "scan for stale rules failed"),
+                    Err(_) => {}
+                }
+            }
+            _ = tick.tick() => {
+                if lp.ready() && lp.last_sync.is_some() {
+                    let intact = tokio::task::block_in_place(|| lp.backend.verify());
+                    match intact {
+                        Ok(true) => {}
+                        Ok(false) => lp.need_full = true,
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "checking the kernel state failed");
+                            lp.need_full = true;
+                        }
+                    }
+                    if lp.last_full.is_some_and(|t| t.elapsed() >= lp.cfg.full_resync_period) {
+                        lp.need_full = true;
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!("sync loop stopped; rules stay in place");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let m = Duration::from_secs(1);
+        assert_eq!(backoff(1, m), Duration::from_secs(2));
+        assert_eq!(backoff(2, m), Duration::from_secs(4));
+        assert_eq!(backoff(20, m), Duration::from_secs(30));
+        assert_eq!(backoff(1, Duration::ZERO), Duration::from_secs(1));
+    }
+}
