@@ -22,8 +22,12 @@ fn init_logging(s: &Settings) {
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KUBE_PROXY_RS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},kube=warn,hyper=warn,tower=warn,rustls=warn")));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},kube_client=warn,kube_runtime=warn,hyper=warn,tower=warn,rustls=warn")));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     if s.json_logs {
         b.json().init();
     } else {

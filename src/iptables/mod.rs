@@ -8,3 +8,6 @@ pub mod state;
 
 pub use backend::IptablesBackend;
 pub use render::RenderConfig;
+
+#[cfg(test)]
+mod tests;

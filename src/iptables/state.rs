@@ -110,6 +110,8 @@ pub struct Engine {
     applied: HashMap<ChainId, u64>,
     /// Service chains found in the kernel that no service port owns.
     stale: BTreeSet<ChainId>,
+    /// A payload failed: the next plan rewrites everything.
+    force_full: bool,
 }
 
 impl Engine {
@@ -120,6 +122,7 @@ impl Engine {
             summaries: BTreeMap::new(),
             applied: HashMap::new(),
             stale: BTreeSet::new(),
+            force_full: false,
         }
     }
 
@@ -162,6 +165,7 @@ impl Engine {
         changed: &BTreeSet<ServicePortKey>,
         full: bool,
     ) -> Vec<Payload> {
+        let full = full || std::mem::take(&mut self.force_full);
         let family = self.cfg.family;
         let mut known_before: HashSet<ChainId> = HashSet::new();
         let keys: Vec<ServicePortKey> = if full {
@@ -290,8 +294,10 @@ impl Engine {
         }
     }
 
-    /// A payload failed: forget everything it touched, so it is written again.
+    /// A payload failed: forget everything it touched and rewrite everything
+    /// next time (the kernel may hold less than we thought).
     pub fn forget(&mut self, p: &Payload) {
+        self.force_full = true;
         for (id, _) in &p.writes {
             self.applied.remove(id);
         }
