@@ -94,11 +94,21 @@ pub fn render(args: &RenderArgs) -> Result<()> {
     if s.mode != ProxyMode::Iptables {
         bail!("render: proxy mode ipvs is not available yet");
     }
-    let (services, slices, errors) = source::dir::load_once(dir);
-    for e in errors {
-        eprintln!("error: {e}");
+    let local_ips = if s.nodeport_addresses.is_empty() { vec![] } else { node::local_addresses() };
+    let (text, problems) = render_text(&s, dir, &local_ips);
+    for p in problems {
+        eprintln!("{p}");
     }
-    let ctx = node_context(&s);
+    print!("{text}");
+    Ok(())
+}
+
+/// What `render` prints for the objects in `dir`, and the problems found
+/// (each naming its object). Pure apart from reading `dir`.
+pub fn render_text(s: &Settings, dir: &std::path::Path, local_ips: &[std::net::IpAddr]) -> (String, Vec<String>) {
+    let (services, slices, errors) = source::dir::load_once(dir);
+    let mut problems: Vec<String> = errors.into_iter().map(|e| format!("error: {e}")).collect();
+    let ctx = node_context(s);
     let mut store = source::Store::default();
     store.apply(source::Update::ReplaceServices(services));
     store.apply(source::Update::ReplaceSlices(slices));
@@ -108,32 +118,32 @@ pub fn render(args: &RenderArgs) -> Result<()> {
         let svc = store.service(&key).expect("listed key");
         match build_service(svc, &store.slices_of(&key), &ctx) {
             Ok(out) => {
-                for w in out.warnings {
-                    eprintln!("warning: {w}");
-                }
+                problems.extend(out.warnings.into_iter().map(|w| format!("warning: {w}")));
                 if let Built::Ports(p) = out.built {
                     ports.extend(p);
                 }
             }
-            Err(e) => eprintln!("error: {e}; skipped"),
+            Err(e) => problems.push(format!("error: {e}; skipped")),
         }
     }
     ports.sort_by(|a, b| a.key.cmp(&b.key));
-    let local_ips = if s.nodeport_addresses.is_empty() { vec![] } else { node::local_addresses() };
-    for cfg in render_configs(&s, &local_ips) {
+    let mut out = String::new();
+    for cfg in render_configs(s, local_ips) {
         let fam: Vec<&ServicePort> = ports.iter().filter(|p| p.key.family == cfg.family).collect();
         if cfg.family == Family::V6 && fam.is_empty() {
             continue;
         }
         let tool = if cfg.family == Family::V4 { "iptables" } else { "ip6tables" };
-        println!("# {tool}-restore --noflush payload");
-        print!("{}", render_full(&fam, &cfg));
-        println!("# jumps ensured in built-in chains ({tool} -t TABLE -I CHAIN ...):");
+        out.push_str(&format!("# {tool}-restore --noflush payload\n"));
+        out.push_str(&render_full(&fam, &cfg));
+        out.push_str(&format!("# jumps ensured in built-in chains ({tool} -t TABLE -I CHAIN ...):\n"));
         for j in jumps() {
-            println!("#   -t {} -I {} {}", j.table.name(), j.from, j.args.join(" "));
+            let args: Vec<String> =
+                j.args.iter().map(|a| if a.contains(' ') { format!("\"{a}\"") } else { a.clone() }).collect();
+            out.push_str(&format!("#   -t {} -I {} {}\n", j.table.name(), j.from, args.join(" ")));
         }
     }
-    Ok(())
+    (out, problems)
 }
 
 /// The daemon.
