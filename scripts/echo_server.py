@@ -13,7 +13,7 @@ import threading
 
 
 def peer(addr):
-    return addr[4:] if addr.startswith("::ffff:") and "." in addr else addr
+    return addr[7:] if addr.startswith("::ffff:") and "." in addr else addr
 
 
 def serve_tcp(name, port, family, bind):

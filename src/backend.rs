@@ -31,8 +31,12 @@ pub trait Backend: Send {
     /// Brings the kernel to `ports`. `changed` names the service ports that may
     /// differ since the last successful call; `full` rewrites everything.
     /// After an error the next call must be `full`.
-    fn sync(&mut self, ports: &Ports, changed: &BTreeSet<ServicePortKey>, full: bool)
-        -> Result<SyncStats>;
+    fn sync(
+        &mut self,
+        ports: &Ports,
+        changed: &BTreeSet<ServicePortKey>,
+        full: bool,
+    ) -> Result<SyncStats>;
 
     /// Cheap check that the kernel still holds what we wrote (jumps, base
     /// chains); repairs what it can. `Ok(false)`: a full sync is needed.

@@ -157,7 +157,10 @@ impl Flags {
             None => KubeProxyConfiguration::default(),
         };
         for f in file.unused_fields() {
-            tracing::warn!(field = f, "config field is accepted but not used by kube-proxy-rs");
+            tracing::warn!(
+                field = f,
+                "config field is accepted but not used by kube-proxy-rs"
+            );
         }
         let ipt = file.iptables.as_ref();
         let ipvs = file.ipvs.as_ref();
@@ -177,13 +180,20 @@ impl Flags {
                 bail!("detectLocalMode {m:?} is not supported (supported: ClusterCIDR)");
             }
         }
-        let cidr_s = self.cluster_cidr.clone().or(file.cluster_cidr.clone()).unwrap_or_default();
+        let cidr_s = self
+            .cluster_cidr
+            .clone()
+            .or(file.cluster_cidr.clone())
+            .unwrap_or_default();
         let np_s = match (&self.nodeport_addresses, &file.node_port_addresses) {
             (Some(s), _) => s.clone(),
             (None, Some(v)) => v.join(","),
             _ => String::new(),
         };
-        let families = self.ip_families.clone().unwrap_or_else(|| "ipv4,ipv6".into());
+        let families = self
+            .ip_families
+            .clone()
+            .unwrap_or_else(|| "ipv4,ipv6".into());
         let (ipv4, ipv6) = (families.contains("ipv4"), families.contains("ipv6"));
         if !ipv4 && !ipv6 {
             bail!("--ip-families: use ipv4, ipv6 or ipv4,ipv6");
@@ -195,10 +205,13 @@ impl Flags {
         if bit > 31 {
             bail!("masquerade bit {bit} out of range 0-31");
         }
-        let per_mode_sync = |mode: ProxyMode, f: fn(&crate::config::IptablesSection) -> Option<Duration>, g: fn(&crate::config::IpvsSection) -> Option<Duration>| match mode {
-            ProxyMode::Iptables => ipt.and_then(f),
-            ProxyMode::Ipvs => ipvs.and_then(g),
-        };
+        let per_mode_sync =
+            |mode: ProxyMode,
+             f: fn(&crate::config::IptablesSection) -> Option<Duration>,
+             g: fn(&crate::config::IpvsSection) -> Option<Duration>| match mode {
+                ProxyMode::Iptables => ipt.and_then(f),
+                ProxyMode::Ipvs => ipvs.and_then(g),
+            };
         let sync_period = self
             .sync_period
             .or(per_mode_sync(mode, |i| i.sync_period, |i| i.sync_period))
@@ -206,7 +219,11 @@ impl Flags {
             .unwrap_or(Duration::from_secs(30));
         let min_sync_period = self
             .min_sync_period
-            .or(per_mode_sync(mode, |i| i.min_sync_period, |i| i.min_sync_period))
+            .or(per_mode_sync(
+                mode,
+                |i| i.min_sync_period,
+                |i| i.min_sync_period,
+            ))
             .or(file.min_sync_period)
             .unwrap_or(Duration::from_secs(1));
         if sync_period.is_zero() {
@@ -221,7 +238,11 @@ impl Flags {
             kubeconfig: self
                 .kubeconfig
                 .clone()
-                .or(file.client_connection.as_ref().and_then(|c| c.kubeconfig.clone()).map(PathBuf::from))
+                .or(file
+                    .client_connection
+                    .as_ref()
+                    .and_then(|c| c.kubeconfig.clone())
+                    .map(PathBuf::from))
                 .filter(|p| !p.as_os_str().is_empty()),
             master: self.master.clone(),
             node_name: self
@@ -302,26 +323,43 @@ mod tests {
         )
         .unwrap();
         let path = f.to_str().unwrap();
-        let s = parse(&["--config", path, "--min-sync-period=250ms"]).flags.settings().unwrap();
+        let s = parse(&["--config", path, "--min-sync-period=250ms"])
+            .flags
+            .settings()
+            .unwrap();
         assert_eq!(s.min_sync_period, Duration::from_millis(250));
         assert!(s.masquerade_all);
         assert!(s.strict_arp);
         assert_eq!(s.cluster_cidrs[0].to_string(), "10.0.0.0/8");
-        let s = parse(&["--config", path, "--cluster-cidr=192.168.0.0/16"]).flags.settings().unwrap();
+        let s = parse(&["--config", path, "--cluster-cidr=192.168.0.0/16"])
+            .flags
+            .settings()
+            .unwrap();
         assert_eq!(s.cluster_cidrs[0].to_string(), "192.168.0.0/16");
     }
 
     #[test]
     fn bad_values_are_errors() {
         assert!(parse(&["--proxy-mode=userspace"]).flags.settings().is_err());
-        assert!(parse(&["--cluster-cidr=10.0.0.0/33"]).flags.settings().is_err());
+        assert!(parse(&["--cluster-cidr=10.0.0.0/33"])
+            .flags
+            .settings()
+            .is_err());
         assert!(Cli::try_parse_from(["kube-proxy-rs", "--sync-period=5"]).is_err());
         assert!(Cli::try_parse_from(["kube-proxy-rs", "--source=http://x"]).is_err());
     }
 
     #[test]
     fn render_subcommand() {
-        let cli = parse(&["render", "--proxy-mode", "iptables", "--source", "dir:/x", "--node", "n1"]);
+        let cli = parse(&[
+            "render",
+            "--proxy-mode",
+            "iptables",
+            "--source",
+            "dir:/x",
+            "--node",
+            "n1",
+        ]);
         match cli.command {
             Some(Command::Render(r)) => assert_eq!(r.node.as_deref(), Some("n1")),
             _ => panic!("expected render"),

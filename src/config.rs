@@ -14,7 +14,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Ok(Duration::ZERO);
     }
     if s.is_empty() || s.starts_with('-') {
-        return Err(format!("invalid duration {s:?} (expected e.g. 0s, 500ms, 1m30s)"));
+        return Err(format!(
+            "invalid duration {s:?} (expected e.g. 0s, 500ms, 1m30s)"
+        ));
     }
     let mut total = 0f64;
     let mut rest = s;
@@ -174,7 +176,10 @@ impl KubeProxyConfiguration {
         note(self.metrics_bind_address.is_some(), "metricsBindAddress");
         note(self.bind_address_hard_fail.is_some(), "bindAddressHardFail");
         note(self.enable_profiling.is_some(), "enableProfiling");
-        note(self.show_hidden_metrics_for_version.is_some(), "showHiddenMetricsForVersion");
+        note(
+            self.show_hidden_metrics_for_version.is_some(),
+            "showHiddenMetricsForVersion",
+        );
         note(self.nftables.is_some(), "nftables");
         note(self.winkernel.is_some(), "winkernel");
         note(self.detect_local.is_some(), "detectLocal");
@@ -185,7 +190,10 @@ impl KubeProxyConfiguration {
         note(self.windows_run_as_service.is_some(), "windowsRunAsService");
         note(self.logging.is_some(), "logging");
         if let Some(c) = &self.client_connection {
-            note(c.accept_content_types.is_some(), "clientConnection.acceptContentTypes");
+            note(
+                c.accept_content_types.is_some(),
+                "clientConnection.acceptContentTypes",
+            );
             note(c.content_type.is_some(), "clientConnection.contentType");
             note(c.qps.is_some(), "clientConnection.qps");
             note(c.burst.is_some(), "clientConnection.burst");
@@ -243,7 +251,10 @@ mod tests {
 
     #[test]
     fn unused_fields_are_named() {
-        let cfg = KubeProxyConfiguration::parse("metricsBindAddress: 0.0.0.0:10249\nconntrack:\n  maxPerCore: 0\n").unwrap();
+        let cfg = KubeProxyConfiguration::parse(
+            "metricsBindAddress: 0.0.0.0:10249\nconntrack:\n  maxPerCore: 0\n",
+        )
+        .unwrap();
         assert_eq!(cfg.unused_fields(), vec!["metricsBindAddress", "conntrack"]);
     }
 

@@ -32,7 +32,10 @@ pub fn parse_ip_addr(text: &str) -> Vec<IpAddr> {
 }
 
 pub fn of_family(ips: &[IpAddr], family: Family) -> Vec<IpAddr> {
-    ips.iter().filter(|ip| Family::of(ip) == family).cloned().collect()
+    ips.iter()
+        .filter(|ip| Family::of(ip) == family)
+        .cloned()
+        .collect()
 }
 
 /// Writes a sysctl under /proc/sys, logging what changed.
@@ -41,7 +44,12 @@ pub fn set_sysctl(name: &str, value: &str) -> std::io::Result<()> {
     let current = std::fs::read_to_string(&path)?;
     if current.trim() != value {
         std::fs::write(&path, value)?;
-        tracing::info!(sysctl = name, from = current.trim(), to = value, "set sysctl");
+        tracing::info!(
+            sysctl = name,
+            from = current.trim(),
+            to = value,
+            "set sysctl"
+        );
     }
     Ok(())
 }

@@ -21,8 +21,12 @@ fn init_logging(s: &Settings) {
         4..=5 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KUBE_PROXY_RS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},kube_client=warn,kube_runtime=warn,hyper=warn,tower=warn,rustls=warn")));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("KUBE_PROXY_RS_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!(
+                "{level},kube_client=warn,kube_runtime=warn,hyper=warn,tower=warn,rustls=warn"
+            ))
+        });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -43,7 +47,12 @@ pub fn render_configs(s: &Settings, local_ips: &[std::net::IpAddr]) -> Vec<Rende
             continue;
         }
         let mut cfg = RenderConfig::new(family);
-        cfg.cluster_cidrs = s.cluster_cidrs.iter().filter(|n| Family::of_net(n) == family).cloned().collect();
+        cfg.cluster_cidrs = s
+            .cluster_cidrs
+            .iter()
+            .filter(|n| Family::of_net(n) == family)
+            .cloned()
+            .collect();
         cfg.masquerade_all = s.masquerade_all;
         cfg.masquerade_bit = s.masquerade_bit;
         cfg.nodeport_addresses = s
@@ -94,7 +103,11 @@ pub fn render(args: &RenderArgs) -> Result<()> {
     if s.mode != ProxyMode::Iptables {
         bail!("render: proxy mode ipvs is not available yet");
     }
-    let local_ips = if s.nodeport_addresses.is_empty() { vec![] } else { node::local_addresses() };
+    let local_ips = if s.nodeport_addresses.is_empty() {
+        vec![]
+    } else {
+        node::local_addresses()
+    };
     let (text, problems) = render_text(&s, dir, &local_ips);
     for p in problems {
         eprintln!("{p}");
@@ -105,7 +118,11 @@ pub fn render(args: &RenderArgs) -> Result<()> {
 
 /// What `render` prints for the objects in `dir`, and the problems found
 /// (each naming its object). Pure apart from reading `dir`.
-pub fn render_text(s: &Settings, dir: &std::path::Path, local_ips: &[std::net::IpAddr]) -> (String, Vec<String>) {
+pub fn render_text(
+    s: &Settings,
+    dir: &std::path::Path,
+    local_ips: &[std::net::IpAddr],
+) -> (String, Vec<String>) {
     let (services, slices, errors) = source::dir::load_once(dir);
     let mut problems: Vec<String> = errors.into_iter().map(|e| format!("error: {e}")).collect();
     let ctx = node_context(s);
@@ -129,18 +146,41 @@ pub fn render_text(s: &Settings, dir: &std::path::Path, local_ips: &[std::net::I
     ports.sort_by(|a, b| a.key.cmp(&b.key));
     let mut out = String::new();
     for cfg in render_configs(s, local_ips) {
-        let fam: Vec<&ServicePort> = ports.iter().filter(|p| p.key.family == cfg.family).collect();
+        let fam: Vec<&ServicePort> = ports
+            .iter()
+            .filter(|p| p.key.family == cfg.family)
+            .collect();
         if cfg.family == Family::V6 && fam.is_empty() {
             continue;
         }
-        let tool = if cfg.family == Family::V4 { "iptables" } else { "ip6tables" };
+        let tool = if cfg.family == Family::V4 {
+            "iptables"
+        } else {
+            "ip6tables"
+        };
         out.push_str(&format!("# {tool}-restore --noflush payload\n"));
         out.push_str(&render_full(&fam, &cfg));
-        out.push_str(&format!("# jumps ensured in built-in chains ({tool} -t TABLE -I CHAIN ...):\n"));
+        out.push_str(&format!(
+            "# jumps ensured in built-in chains ({tool} -t TABLE -I CHAIN ...):\n"
+        ));
         for j in jumps() {
-            let args: Vec<String> =
-                j.args.iter().map(|a| if a.contains(' ') { format!("\"{a}\"") } else { a.clone() }).collect();
-            out.push_str(&format!("#   -t {} -I {} {}\n", j.table.name(), j.from, args.join(" ")));
+            let args: Vec<String> = j
+                .args
+                .iter()
+                .map(|a| {
+                    if a.contains(' ') {
+                        format!("\"{a}\"")
+                    } else {
+                        a.clone()
+                    }
+                })
+                .collect();
+            out.push_str(&format!(
+                "#   -t {} -I {} {}\n",
+                j.table.name(),
+                j.from,
+                args.join(" ")
+            ));
         }
     }
     (out, problems)
@@ -168,7 +208,10 @@ pub fn daemon(flags: &Flags) -> Result<()> {
         }
     }
     let local_ips = node::local_addresses();
-    let backend: Box<dyn Backend> = Box::new(IptablesBackend::new(kernel_factory(&s), render_configs(&s, &local_ips)));
+    let backend: Box<dyn Backend> = Box::new(IptablesBackend::new(
+        kernel_factory(&s),
+        render_configs(&s, &local_ips),
+    ));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -217,10 +260,14 @@ async fn kube_client(s: &Settings) -> Result<kube::Client> {
                 .await
                 .context("loading kubeconfig")?
         }
-        None => kube::Config::infer().await.context("no kubeconfig given and no in-cluster config found")?,
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig given and no in-cluster config found")?,
     };
     if let Some(m) = &s.master {
-        config.cluster_url = m.parse().with_context(|| format!("invalid --master {m:?}"))?;
+        config.cluster_url = m
+            .parse()
+            .with_context(|| format!("invalid --master {m:?}"))?;
     }
     kube::Client::try_from(config).context("building the API client")
 }

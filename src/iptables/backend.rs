@@ -58,7 +58,12 @@ impl Backend for IptablesBackend {
         "iptables"
     }
 
-    fn sync(&mut self, ports: &Ports, changed: &BTreeSet<ServicePortKey>, full: bool) -> Result<SyncStats> {
+    fn sync(
+        &mut self,
+        ports: &Ports,
+        changed: &BTreeSet<ServicePortKey>,
+        full: bool,
+    ) -> Result<SyncStats> {
         let mut stats = SyncStats {
             full,
             ..Default::default()
@@ -95,7 +100,11 @@ impl Backend for IptablesBackend {
         for engine in &self.engines {
             for j in jumps() {
                 if kernel.ensure_jump(engine.cfg.family, &j)? {
-                    tracing::warn!(from = j.from, table = j.table.name(), "a kube-proxy jump rule was missing; repaired");
+                    tracing::warn!(
+                        from = j.from,
+                        table = j.table.name(),
+                        "a kube-proxy jump rule was missing; repaired"
+                    );
                     intact = false;
                 }
             }
@@ -128,7 +137,12 @@ impl Backend for IptablesBackend {
         let mut any = false;
         for engine in &mut self.engines {
             let fam = engine.cfg.family;
-            engine.note_existing(found.iter().filter(|(f, _)| *f == fam).map(|(_, id)| id.clone()));
+            engine.note_existing(
+                found
+                    .iter()
+                    .filter(|(f, _)| *f == fam)
+                    .map(|(_, id)| id.clone()),
+            );
             any |= engine.has_stale();
         }
         any

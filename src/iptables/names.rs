@@ -19,8 +19,13 @@ pub const KUBE_FIREWALL: &str = "KUBE-FIREWALL";
 pub const KUBE_PROXY_CANARY: &str = "KUBE-PROXY-CANARY";
 
 /// Prefixes of the per-service chains this proxy owns (and may delete when stale).
-pub const SERVICE_CHAIN_PREFIXES: [&str; 5] =
-    ["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-"];
+pub const SERVICE_CHAIN_PREFIXES: [&str; 5] = [
+    "KUBE-SVC-",
+    "KUBE-SVL-",
+    "KUBE-EXT-",
+    "KUBE-FW-",
+    "KUBE-SEP-",
+];
 
 fn hash16(parts: &[&str]) -> String {
     let mut h = Sha256::new();
@@ -62,7 +67,11 @@ impl ServiceChains {
 pub fn endpoint_chain(sp: &ServicePort, ep: &Endpoint) -> String {
     format!(
         "KUBE-SEP-{}",
-        hash16(&[&sp.name_string(), sp.key.protocol.lower(), &ep.addr_string()])
+        hash16(&[
+            &sp.name_string(),
+            sp.key.protocol.lower(),
+            &ep.addr_string()
+        ])
     )
 }
 

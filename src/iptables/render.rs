@@ -161,43 +161,66 @@ pub fn render_service_port(sp: &ServicePort, cfg: &RenderConfig) -> Fragment {
 
     let mut shared = |s: Shared, rule: String| f.shared.push((s, rule));
     let dst_rule = |chain: &str, comment: &str, ip: &IpAddr, target: &str| {
-        format!("-A {chain} -m comment --comment {comment} {mproto} -d {ip} --dport {port} -j {target}")
+        format!(
+            "-A {chain} -m comment --comment {comment} {mproto} -d {ip} --dport {port} -j {target}"
+        )
     };
 
     // ClusterIP.
     if has_internal {
         let c = q(format!("{name} cluster IP"));
-        shared(Shared::NatServices, dst_rule(KUBE_SERVICES, &c, &cluster_ip, internal_chain));
+        shared(
+            Shared::NatServices,
+            dst_rule(KUBE_SERVICES, &c, &cluster_ip, internal_chain),
+        );
     } else {
         let (target, c) = &internal_filter;
-        shared(Shared::FilterServices, dst_rule(KUBE_SERVICES, c, &cluster_ip, target));
+        shared(
+            Shared::FilterServices,
+            dst_rule(KUBE_SERVICES, c, &cluster_ip, target),
+        );
     }
     // externalIPs.
     for ip in &sp.external_ips {
         if has_endpoints {
             let c = q(format!("{name} external IP"));
-            shared(Shared::NatServices, dst_rule(KUBE_SERVICES, &c, ip, &names.ext));
+            shared(
+                Shared::NatServices,
+                dst_rule(KUBE_SERVICES, &c, ip, &names.ext),
+            );
         }
         if !has_external {
             let (target, c) = &external_filter;
-            shared(Shared::FilterExternalServices, dst_rule(KUBE_EXTERNAL_SERVICES, c, ip, target));
+            shared(
+                Shared::FilterExternalServices,
+                dst_rule(KUBE_EXTERNAL_SERVICES, c, ip, target),
+            );
         }
     }
     // Load balancer ingress IPs.
     for ip in &sp.load_balancer_ips {
         if has_endpoints {
             let c = q(format!("{name} loadbalancer IP"));
-            shared(Shared::NatServices, dst_rule(KUBE_SERVICES, &c, ip, lb_chain));
+            shared(
+                Shared::NatServices,
+                dst_rule(KUBE_SERVICES, &c, ip, lb_chain),
+            );
         }
         if uses_fw {
             let c = q(format!("{name} traffic not accepted by {}", names.fw));
-            shared(Shared::FilterProxyFirewall, dst_rule(KUBE_PROXY_FIREWALL, &c, ip, "DROP"));
+            shared(
+                Shared::FilterProxyFirewall,
+                dst_rule(KUBE_PROXY_FIREWALL, &c, ip, "DROP"),
+            );
         }
     }
     if !has_external {
         for ip in &sp.load_balancer_ips {
             let (target, c) = &external_filter;
-            shared(Shared::FilterExternalServices, dst_rule(KUBE_EXTERNAL_SERVICES, c, ip, target));
+            shared(
+                Shared::FilterExternalServices,
+                dst_rule(KUBE_EXTERNAL_SERVICES, c, ip, target),
+            );
         }
     }
     // NodePort.
@@ -205,7 +228,10 @@ pub fn render_service_port(sp: &ServicePort, cfg: &RenderConfig) -> Fragment {
         if has_endpoints {
             shared(
                 Shared::NatNodePorts,
-                format!("-A {KUBE_NODEPORTS} -m comment --comment {name} {mproto} --dport {np} -j {}", names.ext),
+                format!(
+                    "-A {KUBE_NODEPORTS} -m comment --comment {name} {mproto} --dport {np} -j {}",
+                    names.ext
+                ),
             );
         }
         if !has_external {
@@ -223,7 +249,9 @@ pub fn render_service_port(sp: &ServicePort, cfg: &RenderConfig) -> Fragment {
         let c = q(format!("{name} health check node port"));
         shared(
             Shared::FilterNodePorts,
-            format!("-A {KUBE_NODEPORTS} -m comment --comment {c} -m tcp -p tcp --dport {hc} -j ACCEPT"),
+            format!(
+                "-A {KUBE_NODEPORTS} -m comment --comment {c} -m tcp -p tcp --dport {hc} -j ACCEPT"
+            ),
         );
     }
 
@@ -244,8 +272,10 @@ pub fn render_service_port(sp: &ServicePort, cfg: &RenderConfig) -> Fragment {
     // Owned chains, in upstream's order: EXT, FW, SVC, SVL, SEPs. We collect
     // them into the policy chains first, since the masquerade rule lands in
     // whichever chain ClusterIP traffic enters.
-    let uses_cluster_chain = !cat.cluster.is_empty() && crate::model::categorize::uses_cluster_endpoints(sp);
-    let uses_local_chain = !cat.local.is_empty() && crate::model::categorize::uses_local_endpoints(sp);
+    let uses_cluster_chain =
+        !cat.cluster.is_empty() && crate::model::categorize::uses_cluster_endpoints(sp);
+    let uses_local_chain =
+        !cat.local.is_empty() && crate::model::categorize::uses_local_endpoints(sp);
     let mut svc_rules = Vec::new();
     let mut svl_rules = Vec::new();
     if has_internal {
@@ -273,7 +303,9 @@ pub fn render_service_port(sp: &ServicePort, cfg: &RenderConfig) -> Fragment {
         if !sp.external_policy_local {
             rules.push(format!(
                 "-A {ext} -m comment --comment {} -j {KUBE_MARK_MASQ}",
-                q(format!("masquerade traffic for {name} external destinations"))
+                q(format!(
+                    "masquerade traffic for {name} external destinations"
+                ))
             ));
         } else {
             if let Some(m) = local_match(false) {
@@ -284,11 +316,15 @@ pub fn render_service_port(sp: &ServicePort, cfg: &RenderConfig) -> Fragment {
             }
             rules.push(format!(
                 "-A {ext} -m comment --comment {} -m addrtype --src-type LOCAL -j {KUBE_MARK_MASQ}",
-                q(format!("masquerade LOCAL traffic for {name} external destinations"))
+                q(format!(
+                    "masquerade LOCAL traffic for {name} external destinations"
+                ))
             ));
             rules.push(format!(
                 "-A {ext} -m comment --comment {} -m addrtype --src-type LOCAL -j {cluster_chain}",
-                q(format!("route LOCAL traffic for {name} external destinations"))
+                q(format!(
+                    "route LOCAL traffic for {name} external destinations"
+                ))
             ));
         }
         if has_external {
@@ -303,17 +339,25 @@ pub fn render_service_port(sp: &ServicePort, cfg: &RenderConfig) -> Fragment {
         let mut rules = Vec::new();
         let mut allow_from_node = false;
         for cidr in &sp.load_balancer_source_ranges {
-            rules.push(format!("-A {fw} -m comment --comment {c} -s {cidr} -j {}", names.ext));
+            rules.push(format!(
+                "-A {fw} -m comment --comment {c} -s {cidr} -j {}",
+                names.ext
+            ));
             allow_from_node |= cfg.node_ips.iter().any(|ip| cidr.contains(ip));
         }
         if allow_from_node {
             for ip in &sp.load_balancer_ips {
-                rules.push(format!("-A {fw} -m comment --comment {c} -s {ip} -j {}", names.ext));
+                rules.push(format!(
+                    "-A {fw} -m comment --comment {c} -s {ip} -j {}",
+                    names.ext
+                ));
             }
         }
         rules.push(format!(
             "-A {fw} -m comment --comment {}",
-            q(format!("other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"))
+            q(format!(
+                "other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"
+            ))
         ));
         f.chains.push(nat_chain(fw, rules));
     }
@@ -390,7 +434,11 @@ fn endpoint_dispatch(sp: &ServicePort, chain: &str, eps: &[&Endpoint], rules: &m
 /// The fixed chains (same for every sync), by table.
 pub fn render_fixed(cfg: &RenderConfig) -> Vec<Chain> {
     let mark = cfg.mark();
-    let random_fully = if cfg.random_fully { " --random-fully" } else { "" };
+    let random_fully = if cfg.random_fully {
+        " --random-fully"
+    } else {
+        ""
+    };
     let mut out = vec![
         Chain {
             table: Table::Nat,
@@ -456,7 +504,9 @@ pub fn shared_tail(s: Shared, cfg: &RenderConfig) -> Vec<String> {
     ips.sort();
     ips.dedup();
     ips.into_iter()
-        .map(|ip| format!("-A {KUBE_SERVICES} -m comment --comment {c} -d {ip} -j {KUBE_NODEPORTS}"))
+        .map(|ip| {
+            format!("-A {KUBE_SERVICES} -m comment --comment {c} -d {ip} -j {KUBE_NODEPORTS}")
+        })
         .collect()
 }
 
@@ -473,20 +523,104 @@ pub struct Jump {
 pub fn jumps() -> Vec<Jump> {
     let new = ["-m", "conntrack", "--ctstate", "NEW"];
     let spec: [(Table, &'static str, &'static str, &str, bool); 14] = [
-        (Table::Filter, "INPUT", KUBE_EXTERNAL_SERVICES, "kubernetes externally-visible service portals", true),
-        (Table::Filter, "FORWARD", KUBE_EXTERNAL_SERVICES, "kubernetes externally-visible service portals", true),
-        (Table::Filter, "INPUT", KUBE_NODEPORTS, "kubernetes health check service ports", false),
-        (Table::Filter, "FORWARD", KUBE_SERVICES, "kubernetes service portals", true),
-        (Table::Filter, "OUTPUT", KUBE_SERVICES, "kubernetes service portals", true),
-        (Table::Filter, "FORWARD", KUBE_FORWARD, "kubernetes forwarding rules", false),
-        (Table::Filter, "INPUT", KUBE_PROXY_FIREWALL, "kubernetes load balancer firewall", true),
-        (Table::Filter, "OUTPUT", KUBE_PROXY_FIREWALL, "kubernetes load balancer firewall", true),
-        (Table::Filter, "FORWARD", KUBE_PROXY_FIREWALL, "kubernetes load balancer firewall", true),
-        (Table::Filter, "INPUT", KUBE_FIREWALL, "kubernetes firewall for dropping marked packets", false),
-        (Table::Filter, "OUTPUT", KUBE_FIREWALL, "kubernetes firewall for dropping marked packets", false),
-        (Table::Nat, "OUTPUT", KUBE_SERVICES, "kubernetes service portals", false),
-        (Table::Nat, "PREROUTING", KUBE_SERVICES, "kubernetes service portals", false),
-        (Table::Nat, "POSTROUTING", KUBE_POSTROUTING, "kubernetes postrouting rules", false),
+        (
+            Table::Filter,
+            "INPUT",
+            KUBE_EXTERNAL_SERVICES,
+            "kubernetes externally-visible service portals",
+            true,
+        ),
+        (
+            Table::Filter,
+            "FORWARD",
+            KUBE_EXTERNAL_SERVICES,
+            "kubernetes externally-visible service portals",
+            true,
+        ),
+        (
+            Table::Filter,
+            "INPUT",
+            KUBE_NODEPORTS,
+            "kubernetes health check service ports",
+            false,
+        ),
+        (
+            Table::Filter,
+            "FORWARD",
+            KUBE_SERVICES,
+            "kubernetes service portals",
+            true,
+        ),
+        (
+            Table::Filter,
+            "OUTPUT",
+            KUBE_SERVICES,
+            "kubernetes service portals",
+            true,
+        ),
+        (
+            Table::Filter,
+            "FORWARD",
+            KUBE_FORWARD,
+            "kubernetes forwarding rules",
+            false,
+        ),
+        (
+            Table::Filter,
+            "INPUT",
+            KUBE_PROXY_FIREWALL,
+            "kubernetes load balancer firewall",
+            true,
+        ),
+        (
+            Table::Filter,
+            "OUTPUT",
+            KUBE_PROXY_FIREWALL,
+            "kubernetes load balancer firewall",
+            true,
+        ),
+        (
+            Table::Filter,
+            "FORWARD",
+            KUBE_PROXY_FIREWALL,
+            "kubernetes load balancer firewall",
+            true,
+        ),
+        (
+            Table::Filter,
+            "INPUT",
+            KUBE_FIREWALL,
+            "kubernetes firewall for dropping marked packets",
+            false,
+        ),
+        (
+            Table::Filter,
+            "OUTPUT",
+            KUBE_FIREWALL,
+            "kubernetes firewall for dropping marked packets",
+            false,
+        ),
+        (
+            Table::Nat,
+            "OUTPUT",
+            KUBE_SERVICES,
+            "kubernetes service portals",
+            false,
+        ),
+        (
+            Table::Nat,
+            "PREROUTING",
+            KUBE_SERVICES,
+            "kubernetes service portals",
+            false,
+        ),
+        (
+            Table::Nat,
+            "POSTROUTING",
+            KUBE_POSTROUTING,
+            "kubernetes postrouting rules",
+            false,
+        ),
     ];
     spec.iter()
         .map(|(table, from, to, comment, ctnew)| {
@@ -494,7 +628,11 @@ pub fn jumps() -> Vec<Jump> {
             if *ctnew {
                 args.extend(new.iter().map(|s| s.to_string()));
             }
-            args.extend(["-m", "comment", "--comment", comment, "-j", to].iter().map(|s| s.to_string()));
+            args.extend(
+                ["-m", "comment", "--comment", comment, "-j", to]
+                    .iter()
+                    .map(|s| s.to_string()),
+            );
             Jump {
                 table: *table,
                 from,
@@ -507,13 +645,22 @@ pub fn jumps() -> Vec<Jump> {
 /// Renders a complete iptables-restore payload for a set of service ports
 /// (what `render` prints and what a full sync writes, before splitting).
 pub fn render_full(ports: &[&ServicePort], cfg: &RenderConfig) -> String {
-    let fragments: Vec<Fragment> = ports.iter().map(|sp| render_service_port(sp, cfg)).collect();
-    let mut by_table: Vec<(Table, Vec<Chain>)> = vec![(Table::Filter, vec![]), (Table::Nat, vec![])];
+    let fragments: Vec<Fragment> = ports
+        .iter()
+        .map(|sp| render_service_port(sp, cfg))
+        .collect();
+    let mut by_table: Vec<(Table, Vec<Chain>)> =
+        vec![(Table::Filter, vec![]), (Table::Nat, vec![])];
     let fixed = render_fixed(cfg);
     for s in Shared::ALL {
         let mut rules: Vec<String> = fragments
             .iter()
-            .flat_map(|f| f.shared.iter().filter(|(k, _)| *k == s).map(|(_, r)| r.clone()))
+            .flat_map(|f| {
+                f.shared
+                    .iter()
+                    .filter(|(k, _)| *k == s)
+                    .map(|(_, r)| r.clone())
+            })
             .collect();
         rules.extend(shared_tail(s, cfg));
         let slot = by_table.iter_mut().find(|(t, _)| *t == s.table()).unwrap();
@@ -523,7 +670,10 @@ pub fn render_full(ports: &[&ServicePort], cfg: &RenderConfig) -> String {
             rules,
         });
     }
-    for c in fixed.into_iter().chain(fragments.into_iter().flat_map(|f| f.chains)) {
+    for c in fixed
+        .into_iter()
+        .chain(fragments.into_iter().flat_map(|f| f.chains))
+    {
         let slot = by_table.iter_mut().find(|(t, _)| *t == c.table).unwrap();
         slot.1.push(c);
     }

@@ -7,7 +7,9 @@
 //! and a full sync is cut into payloads of bounded size (legacy iptables
 //! rewrites the whole table per restore, so there one payload is best).
 
-use super::render::{render_fixed, render_service_port, shared_tail, Chain, RenderConfig, Shared, Table};
+use super::render::{
+    render_fixed, render_service_port, shared_tail, Chain, RenderConfig, Shared, Table,
+};
 use crate::model::{ServicePort, ServicePortKey};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -174,7 +176,11 @@ impl Engine {
             all.extend(ports.keys().filter(|k| k.family == family).cloned());
             all.into_iter().collect()
         } else {
-            changed.iter().filter(|k| k.family == family).cloned().collect()
+            changed
+                .iter()
+                .filter(|k| k.family == family)
+                .cloned()
+                .collect()
         };
 
         let mut payloads = Vec::new();
@@ -235,7 +241,12 @@ impl Engine {
             let mut rules: Vec<String> = self
                 .summaries
                 .values()
-                .flat_map(|sum| sum.shared.iter().filter(|(k, _)| *k == s).map(|(_, r)| r.clone()))
+                .flat_map(|sum| {
+                    sum.shared
+                        .iter()
+                        .filter(|(k, _)| *k == s)
+                        .map(|(_, r)| r.clone())
+                })
                 .collect();
             rules.extend(shared_tail(s, &self.cfg));
             let h = hash_rules(&rules);

@@ -21,7 +21,15 @@ fn ep(ip: &str, port: u16) -> Endpoint {
     }
 }
 
-fn sp(ns: &str, name: &str, port_name: &str, proto: Protocol, cip: &str, port: u16, eps: Vec<Endpoint>) -> ServicePort {
+fn sp(
+    ns: &str,
+    name: &str,
+    port_name: &str,
+    proto: Protocol,
+    cip: &str,
+    port: u16,
+    eps: Vec<Endpoint>,
+) -> ServicePort {
     let cip: IpAddr = cip.parse().unwrap();
     ServicePort {
         key: ServicePortKey {
@@ -50,38 +58,73 @@ fn sp(ns: &str, name: &str, port_name: &str, proto: Protocol, cip: &str, port: u
 #[test]
 fn chain_names_follow_upstream_hashing() {
     // base32(sha256("ns1/svc1:p80" + "tcp"))[..16], as upstream computes it.
-    let s = sp("ns1", "svc1", "p80", Protocol::Tcp, "172.30.0.41", 80, vec![ep("10.180.0.1", 80)]);
+    let s = sp(
+        "ns1",
+        "svc1",
+        "p80",
+        Protocol::Tcp,
+        "172.30.0.41",
+        80,
+        vec![ep("10.180.0.1", 80)],
+    );
     let names = ServiceChains::of(&s);
     assert_eq!(names.svc, "KUBE-SVC-XPGD46QRK7WJZT7O");
     assert_eq!(names.ext, "KUBE-EXT-XPGD46QRK7WJZT7O");
     assert_eq!(names.fw, "KUBE-FW-XPGD46QRK7WJZT7O");
     assert_eq!(names.svl, "KUBE-SVL-XPGD46QRK7WJZT7O");
-    assert_eq!(endpoint_chain(&s, &s.endpoints[0]), "KUBE-SEP-SXIVWICOYRO3J4NJ");
+    assert_eq!(
+        endpoint_chain(&s, &s.endpoints[0]),
+        "KUBE-SEP-SXIVWICOYRO3J4NJ"
+    );
     // Protocol is part of the hash, so TCP and UDP of one port differ.
-    let u = sp("ns1", "svc1", "p80", Protocol::Udp, "172.30.0.41", 80, vec![]);
+    let u = sp(
+        "ns1",
+        "svc1",
+        "p80",
+        Protocol::Udp,
+        "172.30.0.41",
+        80,
+        vec![],
+    );
     assert_ne!(ServiceChains::of(&u).svc, names.svc);
     for n in [&names.svc, &names.ext, &names.fw, &names.svl] {
-        assert!(n.len() <= 28, "iptables chain names are at most 28 characters: {n}");
+        assert!(
+            n.len() <= 28,
+            "iptables chain names are at most 28 characters: {n}"
+        );
     }
 }
 
 #[test]
 fn probabilities_cascade_for_1_to_10_endpoints() {
     for n in 1..=10usize {
-        let eps: Vec<Endpoint> = (0..n).map(|i| ep(&format!("10.0.0.{}", i + 1), 80)).collect();
+        let eps: Vec<Endpoint> = (0..n)
+            .map(|i| ep(&format!("10.0.0.{}", i + 1), 80))
+            .collect();
         let s = sp("ns", "s", "", Protocol::Tcp, "10.96.0.1", 80, eps);
         let f = render_service_port(&s, &RenderConfig::new(Family::V4));
-        let svc = f.chains.iter().find(|c| c.name.starts_with("KUBE-SVC-")).unwrap();
+        let svc = f
+            .chains
+            .iter()
+            .find(|c| c.name.starts_with("KUBE-SVC-"))
+            .unwrap();
         assert_eq!(svc.rules.len(), n);
         for (i, rule) in svc.rules.iter().enumerate() {
             if i + 1 < n {
                 let want = format!("--probability {:.10} ", 1.0 / (n - i) as f64);
                 assert!(rule.contains(&want), "n={n} i={i}: {rule}");
             } else {
-                assert!(!rule.contains("statistic"), "last rule is unconditional: {rule}");
+                assert!(
+                    !rule.contains("statistic"),
+                    "last rule is unconditional: {rule}"
+                );
             }
         }
-        let seps = f.chains.iter().filter(|c| c.name.starts_with("KUBE-SEP-")).count();
+        let seps = f
+            .chains
+            .iter()
+            .filter(|c| c.name.starts_with("KUBE-SEP-"))
+            .count();
         assert_eq!(seps, n);
     }
     assert_eq!(probability(3), "0.3333333333");
@@ -97,7 +140,15 @@ fn service_n(i: usize, endpoints: usize) -> ServicePort {
     let eps = (0..endpoints)
         .map(|e| ep(&format!("10.{}.{}.{}", 1 + i / 250, i % 250, e + 1), 8080))
         .collect();
-    sp("bench", &format!("svc-{i}"), "http", Protocol::Tcp, &format!("10.96.{}.{}", i / 250, i % 250 + 1), 80, eps)
+    sp(
+        "bench",
+        &format!("svc-{i}"),
+        "http",
+        Protocol::Tcp,
+        &format!("10.96.{}.{}", i / 250, i % 250 + 1),
+        80,
+        eps,
+    )
 }
 
 #[test]
@@ -124,7 +175,10 @@ fn engine_writes_only_what_changed() {
     assert_eq!(plan.len(), 1);
     let t = &plan[0].text;
     assert!(t.starts_with("*nat\n"), "filter untouched:\n{t}");
-    assert!(!t.contains("KUBE-SERVICES"), "shared chains untouched:\n{t}");
+    assert!(
+        !t.contains("KUBE-SERVICES"),
+        "shared chains untouched:\n{t}"
+    );
     assert!(t.contains(&format!(":{new_sep} - [0:0]")));
     assert!(t.contains(&format!("-X {old_sep}\n")));
     assert_eq!(plan[0].writes.len(), 2, "{t}");
@@ -149,11 +203,17 @@ fn engine_splits_big_syncs_and_keeps_dependencies_in_order() {
     assert!(plan.len() > 5, "{} payloads", plan.len());
     for p in &plan[..plan.len() - 1] {
         assert!(p.lines < 1000 + 30, "payload of {} lines", p.lines);
-        assert!(!p.text.contains(":KUBE-SERVICES "), "shared chains come last");
+        assert!(
+            !p.text.contains(":KUBE-SERVICES "),
+            "shared chains come last"
+        );
     }
     assert!(plan.last().unwrap().text.contains(":KUBE-SERVICES "));
     // Every chain a rule jumps to is declared in the same or an earlier payload.
-    let mut declared: BTreeSet<String> = ["KUBE-MARK-MASQ", "KUBE-NODEPORTS"].iter().map(|s| s.to_string()).collect();
+    let mut declared: BTreeSet<String> = ["KUBE-MARK-MASQ", "KUBE-NODEPORTS"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     for p in &plan {
         for l in p.text.lines() {
             if let Some(c) = l.strip_prefix(':') {
@@ -185,13 +245,19 @@ fn engine_rewrites_after_failure_and_removes_stale_chains() {
     // Chains found in the kernel that no service owns are deleted next time.
     e.note_existing([
         (Table::Nat, "KUBE-SVC-AAAAAAAAAAAAAAAA".to_string()),
-        (Table::Nat, ServiceChains::of(&ports.values().next().unwrap().clone()).svc),
+        (
+            Table::Nat,
+            ServiceChains::of(&ports.values().next().unwrap().clone()).svc,
+        ),
         (Table::Nat, "KUBE-KUBELET-CANARY".to_string()),
     ]);
     assert!(e.has_stale());
     let plan = e.plan(&ports, &BTreeSet::new(), false);
     assert_eq!(plan.len(), 1);
-    assert_eq!(plan[0].deletes, vec![(Table::Nat, "KUBE-SVC-AAAAAAAAAAAAAAAA".to_string())]);
+    assert_eq!(
+        plan[0].deletes,
+        vec![(Table::Nat, "KUBE-SVC-AAAAAAAAAAAAAAAA".to_string())]
+    );
 }
 
 #[test]
@@ -202,6 +268,10 @@ fn nodeport_addresses_select_node_ips() {
     cfg.node_ips = vec!["192.168.5.7".parse().unwrap(), "10.0.0.1".parse().unwrap()];
     let tail = shared_tail(Shared::NatServices, &cfg);
     assert_eq!(tail.len(), 1);
-    assert!(tail[0].contains("-d 192.168.5.7 -j KUBE-NODEPORTS"), "{}", tail[0]);
+    assert!(
+        tail[0].contains("-d 192.168.5.7 -j KUBE-NODEPORTS"),
+        "{}",
+        tail[0]
+    );
     assert!(shared_tail(Shared::NatNodePorts, &cfg).is_empty());
 }

@@ -100,7 +100,10 @@ pub fn build_service(
             }
             if let Some(ip) = ing.ip.as_deref() {
                 let parsed: IpAddr = ip.parse().map_err(|_| {
-                    format!("{who}: invalid status.loadBalancer.ingress IP {:?}", for_log(ip))
+                    format!(
+                        "{who}: invalid status.loadBalancer.ingress IP {:?}",
+                        for_log(ip)
+                    )
                 })?;
                 lb_ips.push(parsed);
             }
@@ -109,7 +112,10 @@ pub fn build_service(
     let mut source_ranges = Vec::new();
     for r in spec.load_balancer_source_ranges.iter().flatten() {
         let net: IpNet = r.trim().parse().map_err(|_| {
-            format!("{who}: invalid loadBalancerSourceRanges entry {:?}", for_log(r))
+            format!(
+                "{who}: invalid loadBalancerSourceRanges entry {:?}",
+                for_log(r)
+            )
         })?;
         source_ranges.push(net.trunc());
     }
@@ -121,7 +127,9 @@ pub fn build_service(
             .and_then(|c| c.timeout_seconds)
             .unwrap_or(DEFAULT_AFFINITY_TIMEOUT as i32);
         if !(1..=86400).contains(&t) {
-            return Err(format!("{who}: sessionAffinity timeoutSeconds {t} out of range 1..86400"));
+            return Err(format!(
+                "{who}: sessionAffinity timeoutSeconds {t} out of range 1..86400"
+            ));
         }
         Some(t as u32)
     } else {
@@ -151,10 +159,18 @@ pub fn build_service(
             return Err(format!("{who}: invalid port name {:?}", for_log(&pname)));
         }
         let proto_s = p.protocol.as_deref().unwrap_or("TCP");
-        let protocol = Protocol::parse(proto_s)
-            .ok_or_else(|| format!("{who}: port {pname:?}: unknown protocol {:?}", for_log(proto_s)))?;
-        let port = port_number(p.port)
-            .ok_or_else(|| format!("{who}: port {pname:?}: port {} out of range 1-65535", p.port))?;
+        let protocol = Protocol::parse(proto_s).ok_or_else(|| {
+            format!(
+                "{who}: port {pname:?}: unknown protocol {:?}",
+                for_log(proto_s)
+            )
+        })?;
+        let port = port_number(p.port).ok_or_else(|| {
+            format!(
+                "{who}: port {pname:?}: port {} out of range 1-65535",
+                p.port
+            )
+        })?;
         let node_port = match p.node_port {
             None | Some(0) => None,
             Some(n) => Some(
@@ -162,8 +178,14 @@ pub fn build_service(
                     .ok_or_else(|| format!("{who}: port {pname:?}: nodePort {n} out of range"))?,
             ),
         };
-        if ports.iter().any(|q: &PortSpec| q.name == pname && q.protocol == protocol) {
-            return Err(format!("{who}: duplicate port {pname:?}/{}", protocol.upper()));
+        if ports
+            .iter()
+            .any(|q: &PortSpec| q.name == pname && q.protocol == protocol)
+        {
+            return Err(format!(
+                "{who}: duplicate port {pname:?}/{}",
+                protocol.upper()
+            ));
         }
         ports.push(PortSpec {
             name: pname,
@@ -264,12 +286,18 @@ fn collect_endpoints(
         for sp in slice.ports.iter().flatten() {
             let pname = sp.name.clone().unwrap_or_default();
             if !is_port_name(&pname) {
-                warnings.push(format!("{who}: invalid port name {:?}; port skipped", for_log(&pname)));
+                warnings.push(format!(
+                    "{who}: invalid port name {:?}; port skipped",
+                    for_log(&pname)
+                ));
                 continue;
             }
             let proto_s = sp.protocol.as_deref().unwrap_or("TCP");
             let Some(protocol) = Protocol::parse(proto_s) else {
-                warnings.push(format!("{who}: unknown protocol {:?}; port skipped", for_log(proto_s)));
+                warnings.push(format!(
+                    "{who}: unknown protocol {:?}; port skipped",
+                    for_log(proto_s)
+                ));
                 continue;
             };
             let Some(port) = sp.port.and_then(port_number) else {

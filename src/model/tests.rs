@@ -68,35 +68,83 @@ fn unnamed_port_prints_without_colon() {
 #[test]
 fn ignored_services() {
     let headless = svc(json!({"clusterIP": "None", "ports": [{"port": 80}]}));
-    assert!(matches!(build_service(&headless, &[], &node()).unwrap().built, Built::Ignored(_)));
+    assert!(matches!(
+        build_service(&headless, &[], &node()).unwrap().built,
+        Built::Ignored(_)
+    ));
     let ext = svc(json!({"type": "ExternalName", "externalName": "example.org"}));
-    assert!(matches!(build_service(&ext, &[], &node()).unwrap().built, Built::Ignored(_)));
+    assert!(matches!(
+        build_service(&ext, &[], &node()).unwrap().built,
+        Built::Ignored(_)
+    ));
     let mut other = svc(json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}));
-    other.metadata.labels = Some([(build::SERVICE_PROXY_NAME_LABEL.to_string(), "cilium".to_string())].into());
-    assert!(matches!(build_service(&other, &[], &node()).unwrap().built, Built::Ignored(_)));
+    other.metadata.labels = Some(
+        [(
+            build::SERVICE_PROXY_NAME_LABEL.to_string(),
+            "cilium".to_string(),
+        )]
+        .into(),
+    );
+    assert!(matches!(
+        build_service(&other, &[], &node()).unwrap().built,
+        Built::Ignored(_)
+    ));
     // ... unless it names us.
     let mine = NodeContext {
         service_proxy_name: Some("cilium".into()),
         ..node()
     };
-    assert!(matches!(build_service(&other, &[], &mine).unwrap().built, Built::Ports(_)));
+    assert!(matches!(
+        build_service(&other, &[], &mine).unwrap().built,
+        Built::Ports(_)
+    ));
     let plain = svc(json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}));
-    assert!(matches!(build_service(&plain, &[], &mine).unwrap().built, Built::Ignored(_)));
+    assert!(matches!(
+        build_service(&plain, &[], &mine).unwrap().built,
+        Built::Ignored(_)
+    ));
 }
 
 #[test]
 fn invalid_services_are_errors_naming_them() {
     for (spec, needle) in [
-        (json!({"clusterIP": "10.96.0.300", "ports": [{"port": 80}]}), "invalid clusterIP"),
-        (json!({"clusterIP": "10.96.0.1", "ports": [{"port": 0}]}), "out of range"),
-        (json!({"clusterIP": "10.96.0.1", "ports": [{"port": 70000}]}), "out of range"),
-        (json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80, "nodePort": 70000}]}), "nodePort"),
-        (json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80, "protocol": "ICMP"}]}), "unknown protocol"),
-        (json!({"clusterIP": "10.96.0.1", "ports": [{"name": "a\" -j ACCEPT", "port": 80}]}), "invalid port name"),
-        (json!({"clusterIP": "10.96.0.1", "externalIPs": ["1.2.3.4\n-A X"], "ports": [{"port": 80}]}), "externalIPs"),
-        (json!({"clusterIP": "10.96.0.1", "loadBalancerSourceRanges": ["1.2.3.0/99"], "ports": [{"port": 80}]}), "loadBalancerSourceRanges"),
+        (
+            json!({"clusterIP": "10.96.0.300", "ports": [{"port": 80}]}),
+            "invalid clusterIP",
+        ),
+        (
+            json!({"clusterIP": "10.96.0.1", "ports": [{"port": 0}]}),
+            "out of range",
+        ),
+        (
+            json!({"clusterIP": "10.96.0.1", "ports": [{"port": 70000}]}),
+            "out of range",
+        ),
+        (
+            json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80, "nodePort": 70000}]}),
+            "nodePort",
+        ),
+        (
+            json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80, "protocol": "ICMP"}]}),
+            "unknown protocol",
+        ),
+        (
+            json!({"clusterIP": "10.96.0.1", "ports": [{"name": "a\" -j ACCEPT", "port": 80}]}),
+            "invalid port name",
+        ),
+        (
+            json!({"clusterIP": "10.96.0.1", "externalIPs": ["1.2.3.4\n-A X"], "ports": [{"port": 80}]}),
+            "externalIPs",
+        ),
+        (
+            json!({"clusterIP": "10.96.0.1", "loadBalancerSourceRanges": ["1.2.3.0/99"], "ports": [{"port": 80}]}),
+            "loadBalancerSourceRanges",
+        ),
         (json!({"ports": [{"port": 80}]}), "no clusterIP"),
-        (json!({"clusterIP": "10.96.0.1", "ports": [{"name": "a", "port": 80}, {"name": "a", "port": 81}]}), "duplicate port"),
+        (
+            json!({"clusterIP": "10.96.0.1", "ports": [{"name": "a", "port": 80}, {"name": "a", "port": 81}]}),
+            "duplicate port",
+        ),
     ] {
         let err = build_service(&svc(spec.clone()), &[], &node()).unwrap_err();
         assert!(err.starts_with("Service ns/web:"), "{err}");
@@ -105,16 +153,29 @@ fn invalid_services_are_errors_naming_them() {
     let mut bad_name = svc(json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}));
     bad_name.metadata.name = Some("web\n-A INPUT -j ACCEPT".into());
     let err = build_service(&bad_name, &[], &node()).unwrap_err();
-    assert!(err.contains("invalid namespace or name") && !err.contains('\n'), "{err}");
+    assert!(
+        err.contains("invalid namespace or name") && !err.contains('\n'),
+        "{err}"
+    );
 }
 
 #[test]
 fn named_target_port_resolves_per_slice() {
-    let s = svc(json!({"clusterIP": "10.96.0.10", "ports": [{"name": "web", "port": 80, "targetPort": "web-port"}]}));
-    let a = slice("web-a", "IPv4", json!([{"name": "web", "port": 8080}]),
-        json!([{"addresses": ["10.0.1.1"]}, {"addresses": ["10.0.1.2"]}]));
-    let b = slice("web-b", "IPv4", json!([{"name": "web", "port": 9090}]),
-        json!([{"addresses": ["10.0.2.1"]}]));
+    let s = svc(
+        json!({"clusterIP": "10.96.0.10", "ports": [{"name": "web", "port": 80, "targetPort": "web-port"}]}),
+    );
+    let a = slice(
+        "web-a",
+        "IPv4",
+        json!([{"name": "web", "port": 8080}]),
+        json!([{"addresses": ["10.0.1.1"]}, {"addresses": ["10.0.1.2"]}]),
+    );
+    let b = slice(
+        "web-b",
+        "IPv4",
+        json!([{"name": "web", "port": 9090}]),
+        json!([{"addresses": ["10.0.2.1"]}]),
+    );
     let p = &ports_of(&s, &[&a, &b])[0];
     let got: Vec<String> = p.endpoints.iter().map(|e| e.addr_string()).collect();
     assert_eq!(got, vec!["10.0.1.1:8080", "10.0.1.2:8080", "10.0.2.1:9090"]);
@@ -124,9 +185,12 @@ fn named_target_port_resolves_per_slice() {
 fn slice_ports_match_by_name_and_protocol() {
     let s = svc(json!({"clusterIP": "10.96.0.10", "ports": [
         {"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}));
-    let sl = slice("web-a", "IPv4",
+    let sl = slice(
+        "web-a",
+        "IPv4",
         json!([{"name": "dns", "port": 5353, "protocol": "UDP"}, {"name": "dns-tcp", "port": 5354, "protocol": "TCP"}]),
-        json!([{"addresses": ["10.0.1.1"]}]));
+        json!([{"addresses": ["10.0.1.1"]}]),
+    );
     let p = ports_of(&s, &[&sl]);
     assert_eq!(p[0].endpoints[0].port, 5353);
     assert_eq!(p[1].endpoints[0].port, 5354);
@@ -135,10 +199,18 @@ fn slice_ports_match_by_name_and_protocol() {
 #[test]
 fn endpoints_deduplicated_and_sorted_like_upstream() {
     let s = svc(json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}));
-    let a = slice("web-a", "IPv4", json!([{"port": 80}]),
-        json!([{"addresses": ["10.0.0.9"], "conditions": {"ready": false}}, {"addresses": ["10.0.0.10"]}]));
-    let b = slice("web-b", "IPv4", json!([{"port": 80}]),
-        json!([{"addresses": ["10.0.0.9"], "conditions": {"ready": true}}, {"addresses": ["10.0.0.10"]}]));
+    let a = slice(
+        "web-a",
+        "IPv4",
+        json!([{"port": 80}]),
+        json!([{"addresses": ["10.0.0.9"], "conditions": {"ready": false}}, {"addresses": ["10.0.0.10"]}]),
+    );
+    let b = slice(
+        "web-b",
+        "IPv4",
+        json!([{"port": 80}]),
+        json!([{"addresses": ["10.0.0.9"], "conditions": {"ready": true}}, {"addresses": ["10.0.0.10"]}]),
+    );
     let p = &ports_of(&s, &[&a, &b])[0];
     // String order, as upstream sorts: "10.0.0.10:80" < "10.0.0.9:80".
     let got: Vec<String> = p.endpoints.iter().map(|e| e.addr_string()).collect();
@@ -149,11 +221,16 @@ fn endpoints_deduplicated_and_sorted_like_upstream() {
 #[test]
 fn conditions_default_like_upstream() {
     let s = svc(json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}));
-    let sl = slice("web-a", "IPv4", json!([{"port": 80}]), json!([
-        {"addresses": ["10.0.0.1"]},
-        {"addresses": ["10.0.0.2"], "conditions": {"ready": false}},
-        {"addresses": ["10.0.0.3"], "conditions": {"ready": false, "serving": true, "terminating": true}},
-    ]));
+    let sl = slice(
+        "web-a",
+        "IPv4",
+        json!([{"port": 80}]),
+        json!([
+            {"addresses": ["10.0.0.1"]},
+            {"addresses": ["10.0.0.2"], "conditions": {"ready": false}},
+            {"addresses": ["10.0.0.3"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+        ]),
+    );
     let e = &ports_of(&s, &[&sl])[0].endpoints;
     assert!(e[0].ready && e[0].serving && !e[0].terminating);
     assert!(!e[1].ready && !e[1].serving && !e[1].terminating);
@@ -163,24 +240,49 @@ fn conditions_default_like_upstream() {
 #[test]
 fn garbage_endpoints_skipped_with_named_warning() {
     let s = svc(json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}));
-    let sl = slice("web-a", "IPv4", json!([{"port": 80}]), json!([
-        {"addresses": ["not-an-ip"]}, {"addresses": ["fd00::1"]}, {"addresses": ["10.0.0.1"]}]));
+    let sl = slice(
+        "web-a",
+        "IPv4",
+        json!([{"port": 80}]),
+        json!([
+        {"addresses": ["not-an-ip"]}, {"addresses": ["fd00::1"]}, {"addresses": ["10.0.0.1"]}]),
+    );
     let out = build_service(&s, &[&sl], &node()).unwrap();
     let Built::Ports(p) = out.built else { panic!() };
     assert_eq!(p[0].endpoints.len(), 1);
     assert_eq!(out.warnings.len(), 2, "{:?}", out.warnings);
-    assert!(out.warnings.iter().all(|w| w.starts_with("EndpointSlice ns/web-a:")));
-    let bad_port = slice("web-b", "IPv4", json!([{"port": 0}]), json!([{"addresses": ["10.0.0.2"]}]));
+    assert!(out
+        .warnings
+        .iter()
+        .all(|w| w.starts_with("EndpointSlice ns/web-a:")));
+    let bad_port = slice(
+        "web-b",
+        "IPv4",
+        json!([{"port": 0}]),
+        json!([{"addresses": ["10.0.0.2"]}]),
+    );
     let out = build_service(&s, &[&bad_port], &node()).unwrap();
     assert_eq!(out.warnings.len(), 1);
 }
 
 #[test]
 fn dual_stack_yields_both_families() {
-    let s = svc(json!({"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00:96::10"],
-        "ipFamilies": ["IPv4", "IPv6"], "externalIPs": ["192.0.2.1", "2001:db8::1"], "ports": [{"port": 80}]}));
-    let v4 = slice("web-4", "IPv4", json!([{"port": 8080}]), json!([{"addresses": ["10.0.0.1"]}]));
-    let v6 = slice("web-6", "IPv6", json!([{"port": 8080}]), json!([{"addresses": ["fd00::1"]}]));
+    let s = svc(
+        json!({"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00:96::10"],
+        "ipFamilies": ["IPv4", "IPv6"], "externalIPs": ["192.0.2.1", "2001:db8::1"], "ports": [{"port": 80}]}),
+    );
+    let v4 = slice(
+        "web-4",
+        "IPv4",
+        json!([{"port": 8080}]),
+        json!([{"addresses": ["10.0.0.1"]}]),
+    );
+    let v6 = slice(
+        "web-6",
+        "IPv6",
+        json!([{"port": 8080}]),
+        json!([{"addresses": ["fd00::1"]}]),
+    );
     let p = ports_of(&s, &[&v4, &v6]);
     assert_eq!(p.len(), 2);
     assert_eq!(p[0].key.family, Family::V4);
@@ -194,9 +296,11 @@ fn dual_stack_yields_both_families() {
 
 #[test]
 fn load_balancer_fields() {
-    let mut s = svc(json!({"type": "LoadBalancer", "clusterIP": "10.96.0.10", "externalTrafficPolicy": "Local",
+    let mut s = svc(
+        json!({"type": "LoadBalancer", "clusterIP": "10.96.0.10", "externalTrafficPolicy": "Local",
         "healthCheckNodePort": 32000, "loadBalancerSourceRanges": ["192.0.2.0/24", " 198.51.100.7/32 "],
-        "sessionAffinity": "ClientIP", "ports": [{"port": 80, "nodePort": 30080}]}));
+        "sessionAffinity": "ClientIP", "ports": [{"port": 80, "nodePort": 30080}]}),
+    );
     s.status = serde_json::from_value(json!({"loadBalancer": {"ingress": [
         {"ip": "203.0.113.5"}, {"hostname": "lb.example"}, {"ip": "203.0.113.6", "ipMode": "Proxy"}]}})).unwrap();
     let p = &ports_of(&s, &[])[0];
@@ -208,7 +312,12 @@ fn load_balancer_fields() {
     assert!(p.external_policy_local && p.external_local());
 }
 
-fn port_with(eps: Value, internal_local: bool, external_local: bool, node_port: bool) -> ServicePort {
+fn port_with(
+    eps: Value,
+    internal_local: bool,
+    external_local: bool,
+    node_port: bool,
+) -> ServicePort {
     let mut spec = json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]});
     if internal_local {
         spec["internalTrafficPolicy"] = json!("Local");
@@ -230,20 +339,39 @@ fn ips(v: &[&Endpoint]) -> Vec<String> {
 
 #[test]
 fn categorize_cluster_policy_prefers_ready_then_terminating() {
-    let sp = port_with(json!([
-        {"addresses": ["10.0.0.1"], "conditions": {"ready": true}},
-        {"addresses": ["10.0.0.2"], "conditions": {"ready": false, "serving": true, "terminating": true}},
-    ]), false, false, false);
+    let sp = port_with(
+        json!([
+            {"addresses": ["10.0.0.1"], "conditions": {"ready": true}},
+            {"addresses": ["10.0.0.2"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+        ]),
+        false,
+        false,
+        false,
+    );
     let c = categorize(&sp);
     assert_eq!(ips(&c.cluster), vec!["10.0.0.1"]);
     assert!(c.has_any);
-    let sp = port_with(json!([
-        {"addresses": ["10.0.0.1"], "conditions": {"ready": false, "serving": false, "terminating": true}},
-        {"addresses": ["10.0.0.2"], "conditions": {"ready": false, "serving": true, "terminating": true}},
-    ]), false, false, false);
+    let sp = port_with(
+        json!([
+            {"addresses": ["10.0.0.1"], "conditions": {"ready": false, "serving": false, "terminating": true}},
+            {"addresses": ["10.0.0.2"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+        ]),
+        false,
+        false,
+        false,
+    );
     let c = categorize(&sp);
-    assert_eq!(ips(&c.cluster), vec!["10.0.0.2"], "falls back to serving+terminating");
-    let sp = port_with(json!([{"addresses": ["10.0.0.1"], "conditions": {"ready": false}}]), false, false, false);
+    assert_eq!(
+        ips(&c.cluster),
+        vec!["10.0.0.2"],
+        "falls back to serving+terminating"
+    );
+    let sp = port_with(
+        json!([{"addresses": ["10.0.0.1"], "conditions": {"ready": false}}]),
+        false,
+        false,
+        false,
+    );
     let c = categorize(&sp);
     assert!(c.cluster.is_empty() && !c.has_any);
 }
@@ -271,15 +399,25 @@ fn categorize_local_policies() {
     let sp = port_with(eps, false, true, false);
     assert!(categorize(&sp).local.is_empty());
     // Local terminating fallback.
-    let sp = port_with(json!([
-        {"addresses": ["10.0.0.2"], "nodeName": "node-b"},
-        {"addresses": ["10.0.0.3"], "nodeName": "node-a", "conditions": {"ready": false, "serving": true, "terminating": true}},
-    ]), true, false, false);
+    let sp = port_with(
+        json!([
+            {"addresses": ["10.0.0.2"], "nodeName": "node-b"},
+            {"addresses": ["10.0.0.3"], "nodeName": "node-a", "conditions": {"ready": false, "serving": true, "terminating": true}},
+        ]),
+        true,
+        false,
+        false,
+    );
     let c = categorize(&sp);
     assert_eq!(ips(&c.local), vec!["10.0.0.3"]);
     assert!(c.has_any);
     // No local endpoints at all, but some elsewhere.
-    let sp = port_with(json!([{"addresses": ["10.0.0.2"], "nodeName": "node-b"}]), true, false, false);
+    let sp = port_with(
+        json!([{"addresses": ["10.0.0.2"], "nodeName": "node-b"}]),
+        true,
+        false,
+        false,
+    );
     let c = categorize(&sp);
     assert!(c.local.is_empty() && c.has_any);
 }

@@ -42,7 +42,11 @@ fn collect(origin: &str, at: &str, doc: serde_yaml::Value, out: &mut Parsed) {
     if doc.is_null() {
         return;
     }
-    let kind = doc.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
+    let kind = doc
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or("")
+        .to_string();
     let name = doc
         .get("metadata")
         .and_then(|m| m.get("name"))
@@ -152,11 +156,17 @@ impl DirState {
     }
 
     pub fn services(&self) -> Vec<Service> {
-        self.files.values().flat_map(|(_, p)| p.services.iter().cloned()).collect()
+        self.files
+            .values()
+            .flat_map(|(_, p)| p.services.iter().cloned())
+            .collect()
     }
 
     pub fn slices(&self) -> Vec<EndpointSlice> {
-        self.files.values().flat_map(|(_, p)| p.slices.iter().cloned()).collect()
+        self.files
+            .values()
+            .flat_map(|(_, p)| p.slices.iter().cloned())
+            .collect()
     }
 }
 
@@ -240,7 +250,11 @@ mod tests {
         let p = parse_text("f.yaml", &text).unwrap();
         assert_eq!(p.services.len(), 1);
         assert_eq!(p.errors.len(), 1);
-        assert!(p.errors[0].contains("f.yaml document 2: Service broken skipped"), "{}", p.errors[0]);
+        assert!(
+            p.errors[0].contains("f.yaml document 2: Service broken skipped"),
+            "{}",
+            p.errors[0]
+        );
     }
 
     #[test]
@@ -256,7 +270,10 @@ mod tests {
         let (changed, errors) = st.refresh(dir.path());
         assert!(changed);
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].contains("a.yaml") && errors[0].contains("keeping"), "{errors:?}");
+        assert!(
+            errors[0].contains("a.yaml") && errors[0].contains("keeping"),
+            "{errors:?}"
+        );
         assert_eq!(st.services().len(), 1);
         // Unchanged file: nothing to do, nothing logged again.
         let (changed, errors) = st.refresh(dir.path());

@@ -32,7 +32,8 @@ fn key_of<K: Resource>(o: &K) -> ServiceKey {
 pub async fn run(client: Client, service_proxy_name: Option<String>, tx: mpsc::Sender<SourceMsg>) {
     let services: Api<Service> = Api::all(client.clone());
     let slices: Api<EndpointSlice> = Api::all(client);
-    let svc_cfg = watcher::Config::default().labels(&service_selector(service_proxy_name.as_deref()));
+    let svc_cfg =
+        watcher::Config::default().labels(&service_selector(service_proxy_name.as_deref()));
     let svc_stream = watcher::watcher(services, svc_cfg).default_backoff();
     let slice_stream = watcher::watcher(slices, watcher::Config::default()).default_backoff();
     let a = pump(
@@ -40,7 +41,7 @@ pub async fn run(client: Client, service_proxy_name: Option<String>, tx: mpsc::S
         Kind::Services,
         tx.clone(),
         |s| Update::Service(Box::new(s)),
-        |k| Update::ServiceDeleted(k),
+        Update::ServiceDeleted,
         Update::ReplaceServices,
     );
     let b = pump(
@@ -48,7 +49,7 @@ pub async fn run(client: Client, service_proxy_name: Option<String>, tx: mpsc::S
         Kind::EndpointSlices,
         tx,
         |s| Update::Slice(Box::new(s)),
-        |k| Update::SliceDeleted(k),
+        Update::SliceDeleted,
         Update::ReplaceSlices,
     );
     tokio::join!(a, b);

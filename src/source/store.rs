@@ -39,7 +39,11 @@ fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
 pub fn slice_owner(slice: &EndpointSlice) -> Option<ServiceKey> {
     let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
     Some(ServiceKey {
-        namespace: slice.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        namespace: slice
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
         name: name.clone(),
     })
 }
@@ -84,8 +88,12 @@ impl Store {
                     seen.insert(key_of(&svc.metadata));
                     self.put_service(svc, &mut dirty);
                 }
-                let gone: Vec<ServiceKey> =
-                    self.services.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+                let gone: Vec<ServiceKey> = self
+                    .services
+                    .keys()
+                    .filter(|k| !seen.contains(*k))
+                    .cloned()
+                    .collect();
                 for k in gone {
                     self.services.remove(&k);
                     dirty.insert(k);
@@ -97,8 +105,12 @@ impl Store {
                     seen.insert(key_of(&slice.metadata));
                     self.put_slice(slice, &mut dirty);
                 }
-                let gone: Vec<ServiceKey> =
-                    self.slices.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+                let gone: Vec<ServiceKey> = self
+                    .slices
+                    .keys()
+                    .filter(|k| !seen.contains(*k))
+                    .cloned()
+                    .collect();
                 for k in gone {
                     self.remove_slice(&k, &mut dirty);
                 }
@@ -123,7 +135,10 @@ impl Store {
         // The owner may change if the label changed: unlink from the old one.
         self.remove_slice(&key, dirty);
         if let Some(owner) = slice_owner(&slice) {
-            self.by_service.entry(owner.clone()).or_default().insert(key.clone());
+            self.by_service
+                .entry(owner.clone())
+                .or_default()
+                .insert(key.clone());
             dirty.insert(owner);
         }
         self.slices.insert(key, slice);

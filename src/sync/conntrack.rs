@@ -19,7 +19,10 @@ pub enum Flush {
     /// Entries to a NodePort on any local address.
     ToNodePort { family: Family, port: u16 },
     /// Entries to a service IP that were DNATed to a removed endpoint.
-    ToEndpoint { service_ip: IpAddr, endpoint: IpAddr },
+    ToEndpoint {
+        service_ip: IpAddr,
+        endpoint: IpAddr,
+    },
 }
 
 fn udp(p: &Option<ServicePort>) -> Option<&ServicePort> {
@@ -50,14 +53,20 @@ pub fn flushes(change: &PortChange) -> Vec<Flush> {
                 out.insert(Flush::ToServiceIp { ip, port: new.port });
             }
             if let Some(np) = new.node_port {
-                out.insert(Flush::ToNodePort { family: new.key.family, port: np });
+                out.insert(Flush::ToNodePort {
+                    family: new.key.family,
+                    port: np,
+                });
             }
         }
     }
     if let Some(old) = old {
         for ep in before.iter().filter(|ip| !after.contains(ip)) {
             for sip in service_ips(old) {
-                out.insert(Flush::ToEndpoint { service_ip: sip, endpoint: *ep });
+                out.insert(Flush::ToEndpoint {
+                    service_ip: sip,
+                    endpoint: *ep,
+                });
             }
         }
     }
@@ -70,16 +79,39 @@ pub fn args(f: &Flush) -> Vec<String> {
     let mut a: Vec<String> = vec!["-D".into()];
     match f {
         Flush::ToServiceIp { ip, port } => {
-            a.extend(["-f".into(), fam(Family::of(ip)).into(), "-p".into(), "udp".into()]);
-            a.extend(["--orig-dst".into(), ip.to_string(), "--dport".into(), port.to_string()]);
+            a.extend([
+                "-f".into(),
+                fam(Family::of(ip)).into(),
+                "-p".into(),
+                "udp".into(),
+            ]);
+            a.extend([
+                "--orig-dst".into(),
+                ip.to_string(),
+                "--dport".into(),
+                port.to_string(),
+            ]);
         }
         Flush::ToNodePort { family, port } => {
             a.extend(["-f".into(), fam(*family).into(), "-p".into(), "udp".into()]);
             a.extend(["--dport".into(), port.to_string()]);
         }
-        Flush::ToEndpoint { service_ip, endpoint } => {
-            a.extend(["-f".into(), fam(Family::of(service_ip)).into(), "-p".into(), "udp".into()]);
-            a.extend(["--orig-dst".into(), service_ip.to_string(), "--dst-nat".into(), endpoint.to_string()]);
+        Flush::ToEndpoint {
+            service_ip,
+            endpoint,
+        } => {
+            a.extend([
+                "-f".into(),
+                fam(Family::of(service_ip)).into(),
+                "-p".into(),
+                "udp".into(),
+            ]);
+            a.extend([
+                "--orig-dst".into(),
+                service_ip.to_string(),
+                "--dst-nat".into(),
+                endpoint.to_string(),
+            ]);
         }
     }
     a

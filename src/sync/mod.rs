@@ -131,7 +131,11 @@ impl Loop {
                 if full {
                     self.last_full = self.last_sync;
                 }
-                let flushes: Vec<_> = self.changes.drain(..).flat_map(|c| conntrack::flushes(&c)).collect();
+                let flushes: Vec<_> = self
+                    .changes
+                    .drain(..)
+                    .flat_map(|c| conntrack::flushes(&c))
+                    .collect();
                 if !flushes.is_empty() {
                     tokio::task::block_in_place(|| conntrack::run(&flushes));
                 }

@@ -59,7 +59,8 @@ impl ModelCache {
                     Err(e) => {
                         // Keep whatever was programmed for it before.
                         if self.errors.get(key) != Some(&e) {
-                            out.errors.push(format!("{e}; skipped (previous rules, if any, kept)"));
+                            out.errors
+                                .push(format!("{e}; skipped (previous rules, if any, kept)"));
                             self.errors.insert(key.clone(), e);
                         }
                         continue;

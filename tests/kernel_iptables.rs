@@ -1,0 +1,416 @@
+//! The iptables backend on the host kernel, with real TCP/UDP traffic between
+//! network namespaces. Needs root; skips with a printed reason otherwise.
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn pods3(lab: &mut Lab) {
+    lab.add_pod("pod0", 10, &[8080, 9090], &[5353]);
+    lab.add_pod("pod1", 11, &[8080, 9090], &[5353]);
+    lab.add_pod("pod2", 12, &[8080, 9090], &[5353]);
+}
+
+const LOCAL3: [(&str, &str); 3] = [
+    ("10.244.1.10", NODE_NAME),
+    ("10.244.1.11", NODE_NAME),
+    ("10.244.1.12", NODE_NAME),
+];
+
+fn at_least_each(hits: &std::collections::BTreeMap<String, usize>, names: &[&str], min: usize) {
+    for n in names {
+        let got = hits.get(*n).copied().unwrap_or(0);
+        assert!(
+            got >= min,
+            "{n} answered {got} times (want >= {min}): {hits:?}"
+        );
+    }
+    let total: usize = hits.values().sum();
+    let known: usize = names
+        .iter()
+        .map(|n| hits.get(*n).copied().unwrap_or(0))
+        .sum();
+    assert_eq!(known, total, "unexpected answers: {hits:?}");
+}
+
+#[test]
+fn traffic_reaches_pods_through_every_kind_of_vip() {
+    require_kernel!();
+    let mut lab = Lab::new();
+    pods3(&mut lab);
+    let mut objs = String::new();
+    objs += &service("web", "{type: LoadBalancer, clusterIP: 10.96.0.10, externalIPs: [192.0.2.10], ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]}")
+        .replace("\n---\n", "\nstatus: {loadBalancer: {ingress: [{ip: 198.51.100.10}]}}\n---\n");
+    objs += &slice("web-1", "web", "[{name: http, port: 8080}]", &LOCAL3);
+    objs += &service(
+        "dns",
+        "{clusterIP: 10.96.0.53, ports: [{name: dns, port: 53, protocol: UDP}]}",
+    );
+    objs += &slice(
+        "dns-1",
+        "dns",
+        "[{name: dns, port: 5353, protocol: UDP}]",
+        &LOCAL3,
+    );
+    objs += &service("empty", "{clusterIP: 10.96.0.20, ports: [{port: 80}]}");
+    objs += &service(
+        "sticky",
+        "{clusterIP: 10.96.0.30, sessionAffinity: ClientIP, ports: [{port: 80}]}",
+    );
+    objs += &slice("sticky-1", "sticky", "[{port: 8080}]", &LOCAL3);
+    objs += &service("solo", "{clusterIP: 10.96.0.40, ports: [{port: 80}]}");
+    objs += &slice(
+        "solo-1",
+        "solo",
+        "[{port: 8080}]",
+        &[("10.244.1.10", NODE_NAME)],
+    );
+    objs += &service(
+        "named",
+        "{clusterIP: 10.96.0.50, ports: [{name: web, port: 80, targetPort: web-port}]}",
+    );
+    objs += &slice(
+        "named-a",
+        "named",
+        "[{name: web, port: 8080}]",
+        &[("10.244.1.10", NODE_NAME), ("10.244.1.11", NODE_NAME)],
+    );
+    objs += &slice(
+        "named-b",
+        "named",
+        "[{name: web, port: 9090}]",
+        &[("10.244.1.12", NODE_NAME)],
+    );
+    objs += &service("local", "{type: NodePort, clusterIP: 10.96.0.60, externalTrafficPolicy: Local, ports: [{port: 80, nodePort: 30081}]}");
+    objs += &slice(
+        "local-1",
+        "local",
+        "[{port: 8080}]",
+        &[("10.244.1.10", NODE_NAME), ("10.244.9.9", "node-b")],
+    );
+    lab.write("objects.yaml", &objs);
+    lab.start_proxy(&[]);
+
+    let node = lab.node.clone();
+    wait_until("ClusterIP answers", WAIT, || {
+        curl(&node, "http://10.96.0.10/", 1).is_ok()
+    });
+
+    // ClusterIP from the node: spread over all three pods (expected 20 each).
+    let hits = spread(&node, "http://10.96.0.10/", 60);
+    eprintln!("ClusterIP from node, 60 requests: {hits:?}");
+    at_least_each(&hits, &["pod0:8080", "pod1:8080", "pod2:8080"], 5);
+
+    // ClusterIP from a pod.
+    let pod1 = lab.pod_ns("pod1");
+    let hits = spread(&pod1, "http://10.96.0.10/", 30);
+    at_least_each(&hits, &["pod0:8080", "pod1:8080", "pod2:8080"], 1);
+
+    // NodePort, externalIP and LoadBalancer IP from the external client.
+    let client = lab.client.clone();
+    for url in [
+        format!("http://{NODE_IP}:30080/"),
+        "http://192.0.2.10/".into(),
+        "http://198.51.100.10/".into(),
+    ] {
+        let hits = spread(&client, &url, 30);
+        eprintln!("{url} from client, 30 requests: {hits:?}");
+        at_least_each(&hits, &["pod0:8080", "pod1:8080", "pod2:8080"], 1);
+    }
+    // Cluster policy: the pod sees the node (SNAT), not the client.
+    let body = curl(&client, &format!("http://{NODE_IP}:30080/"), 2).unwrap();
+    assert!(
+        body.ends_with(BRIDGE_IP),
+        "expected SNAT to the node: {body}"
+    );
+
+    // UDP over the ClusterIP.
+    let hits = udp_spread(&node, "10.96.0.53", 53, 30);
+    eprintln!("UDP ClusterIP, 30 queries: {hits:?}");
+    assert_eq!(hits.get("timeout"), None, "{hits:?}");
+    assert!(hits.len() >= 2, "UDP should spread: {hits:?}");
+
+    // No endpoints: refused at once (REJECT), not a timeout.
+    assert_eq!(curl(&node, "http://10.96.0.20/", 3), Err(7));
+    assert_eq!(curl(&pod1, "http://10.96.0.20/", 3), Err(7));
+
+    // Session affinity: every request lands on the same pod.
+    let hits = spread(&node, "http://10.96.0.30/", 20);
+    assert_eq!(hits.len(), 1, "sessionAffinity ClientIP: {hits:?}");
+
+    // Hairpin: a pod reaching itself through its own service.
+    let pod0 = lab.pod_ns("pod0");
+    assert_eq!(
+        spread(&pod0, "http://10.96.0.40/", 5).get("pod0:8080"),
+        Some(&5)
+    );
+
+    // Named targetPort resolving to 8080 on some pods and 9090 on another.
+    let hits = spread(&node, "http://10.96.0.50/", 60);
+    eprintln!("named targetPort, 60 requests: {hits:?}");
+    at_least_each(&hits, &["pod0:8080", "pod1:8080", "pod2:9090"], 5);
+
+    // externalTrafficPolicy Local: only the local endpoint, client IP kept.
+    for _ in 0..20 {
+        let body = curl(&client, &format!("http://{NODE_IP}:30081/"), 2).unwrap();
+        assert_eq!(body, format!("pod0:8080 {CLIENT_IP}"), "eTP Local");
+    }
+    assert!(lab.proxy_running());
+}
+
+#[test]
+fn rules_follow_changes_survive_restarts_and_clean_up() {
+    require_kernel!();
+    let mut lab = Lab::new();
+    pods3(&mut lab);
+    let node = lab.node.clone();
+    let web = |eps: &[(&str, &str)]| {
+        service(
+            "web",
+            "{clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080}]}",
+        ) + &slice("web-1", "web", "[{port: 8080}]", eps)
+    };
+    lab.write("web.yaml", &web(&LOCAL3[..2]));
+    lab.write(
+        "old.yaml",
+        &(service("old", "{clusterIP: 10.96.0.99, ports: [{port: 80}]}")
+            + &slice("old-1", "old", "[{port: 8080}]", &LOCAL3[..1])),
+    );
+    lab.start_proxy(&[]);
+    wait_until("ClusterIP answers", WAIT, || {
+        curl(&node, "http://10.96.0.10/", 1).is_ok()
+    });
+    at_least_each(
+        &spread(&node, "http://10.96.0.10/", 30),
+        &["pod0:8080", "pod1:8080"],
+        3,
+    );
+
+    // Endpoint added while running.
+    lab.write("web.yaml", &web(&LOCAL3));
+    wait_until("pod2 answers", WAIT, || {
+        spread(&node, "http://10.96.0.10/", 6).contains_key("pod2:8080")
+    });
+    // Endpoint removed.
+    lab.write("web.yaml", &web(&LOCAL3[1..]));
+    wait_until("pod0 gone from web's SVC chain", WAIT, || {
+        !lab.save(false, "nat")
+            .contains("test/web -> 10.244.1.10:8080")
+    });
+    let hits = spread(&node, "http://10.96.0.10/", 30);
+    at_least_each(&hits, &["pod1:8080", "pod2:8080"], 3);
+    let nat = lab.save(false, "nat");
+    assert_eq!(
+        nat.matches("--to-destination 10.244.1.10:8080").count(),
+        1,
+        "only old's SEP remains for pod0:\n{nat}"
+    );
+
+    // SIGKILL: rules stay and traffic keeps flowing with no proxy running.
+    lab.stop_proxy(true);
+    assert!(lab.save(false, "nat").contains("test/web cluster IP"));
+    assert!(curl(&node, "http://10.96.0.10/", 2).is_ok());
+    // While it is down, a service disappears; the restart must remove its chains.
+    lab.remove("old.yaml");
+    let before_jumps = lab.save(false, "nat").matches("-j KUBE-SERVICES").count();
+    lab.start_proxy(&[]);
+    wait_until("stale chains of test/old removed", WAIT, || {
+        !lab.save(false, "nat").contains("test/old")
+    });
+    assert!(curl(&node, "http://10.96.0.10/", 2).is_ok());
+    assert_eq!(
+        lab.save(false, "nat").matches("-j KUBE-SERVICES").count(),
+        before_jumps,
+        "jumps not duplicated"
+    );
+
+    // SIGTERM exits cleanly and leaves the rules.
+    assert_eq!(lab.stop_proxy(false), Some(0));
+    assert!(curl(&node, "http://10.96.0.10/", 2).is_ok());
+
+    // A service deleted while running: its rules go.
+    lab.start_proxy(&[]);
+    lab.remove("web.yaml");
+    wait_until("web's rules removed", WAIT, || {
+        !lab.save(false, "nat").contains("test/web")
+    });
+    lab.stop_proxy(false);
+
+    // --cleanup removes every KUBE- chain and jump, in both families.
+    let out = lab.in_ns(&node, &[env!("CARGO_BIN_EXE_kube-proxy-rs"), "--cleanup"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for v6 in [false, true] {
+        for table in ["nat", "filter"] {
+            let dump = lab.save(v6, table);
+            assert!(
+                !dump.contains("KUBE-"),
+                "left after --cleanup (v6={v6}, {table}):\n{dump}"
+            );
+        }
+    }
+}
+
+#[test]
+fn dual_stack_programs_both_families() {
+    require_kernel!();
+    let mut lab = Lab::new();
+    lab.add_pod("pod0", 10, &[8080], &[]);
+    lab.add_pod("pod1", 11, &[8080], &[]);
+    let mut objs = service("dual", "{clusterIP: 10.96.0.10, clusterIPs: [10.96.0.10, \"fd00:96::10\"], ipFamilies: [IPv4, IPv6], type: NodePort, ports: [{port: 80, targetPort: 8080, nodePort: 30090}]}");
+    objs += &slice(
+        "dual-4",
+        "dual",
+        "[{port: 8080}]",
+        &[("10.244.1.10", NODE_NAME), ("10.244.1.11", NODE_NAME)],
+    );
+    objs += &slice(
+        "dual-6",
+        "dual",
+        "[{port: 8080}]",
+        &[("fd00:244:1::10", NODE_NAME), ("fd00:244:1::11", NODE_NAME)],
+    );
+    lab.write("dual.yaml", &objs);
+    lab.start_proxy(&[]);
+    let node = lab.node.clone();
+    wait_until("IPv6 ClusterIP answers", WAIT, || {
+        curl(&node, "http://[fd00:96::10]/", 1).is_ok()
+    });
+    at_least_each(
+        &spread(&node, "http://[fd00:96::10]/", 30),
+        &["pod0:8080", "pod1:8080"],
+        3,
+    );
+    at_least_each(
+        &spread(&node, "http://10.96.0.10/", 30),
+        &["pod0:8080", "pod1:8080"],
+        3,
+    );
+    let client = lab.client.clone();
+    let body = curl(&client, &format!("http://[{NODE_IP6}]:30090/"), 2).unwrap();
+    assert!(body.starts_with("pod"), "{body}");
+    assert!(lab.save(true, "nat").contains("[fd00:244:1::10]:8080"));
+}
+
+#[test]
+fn bad_input_is_skipped_and_named_once() {
+    require_kernel!();
+    let mut lab = Lab::new();
+    lab.add_pod("pod0", 10, &[8080], &[]);
+    let good = service(
+        "good",
+        "{clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080}]}",
+    ) + &slice(
+        "good-1",
+        "good",
+        "[{port: 8080}]",
+        &[("10.244.1.10", NODE_NAME)],
+    );
+    lab.write("good.yaml", &good);
+    let hostile =
+        std::fs::read_to_string(root().join("tests/fixtures/hostile/objects.yaml")).unwrap();
+    lab.write("hostile.yaml", &hostile);
+    lab.write(
+        "broken.yaml",
+        "kind: Service\nmetadata: {name: x\n  spec: [\n",
+    );
+    lab.start_proxy(&[]);
+    let node = lab.node.clone();
+    wait_until("good answers", WAIT, || {
+        curl(&node, "http://10.96.0.10/", 1).is_ok()
+    });
+    wait_until("hostile file's valid service programmed", WAIT, || {
+        lab.save(false, "nat").contains("app/good:http cluster IP")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(lab.proxy_running(), "bad input must not stop the proxy");
+    let log = lab.log();
+    for needle in [
+        "broken.yaml: not valid YAML",
+        "Service app/port-zero",
+        "Service app/evil-ip",
+        "EndpointSlice app/good-1: invalid address \"999.1.1.1\"",
+    ] {
+        assert_eq!(
+            log.matches(&needle).count(),
+            1,
+            "{needle:?} logged once:\n{log}"
+        );
+    }
+    // Nothing the objects smuggled reached the kernel.
+    for table in ["nat", "filter"] {
+        let dump = lab.save(false, table);
+        assert!(!dump.contains("-A INPUT -j ACCEPT"), "{dump}");
+        assert!(!dump.contains("evil"), "{dump}");
+    }
+    // A good edit still goes through afterwards.
+    lab.write("good.yaml", &good.replace("10.96.0.10", "10.96.0.11"));
+    wait_until("edited service answers", WAIT, || {
+        curl(&node, "http://10.96.0.11/", 1).is_ok()
+    });
+}
+
+#[test]
+fn rendered_payloads_are_accepted_by_iptables_restore() {
+    require_kernel!();
+    let ns = format!("kprs{}render", std::process::id() % 100000);
+    must(&["ip", "netns", "add", &ns]);
+    let bin = env!("CARGO_BIN_EXE_kube-proxy-rs");
+    let mut failures = vec![];
+    for fixture in ["golden", "hostile"] {
+        let src = format!(
+            "dir:{}",
+            root().join("tests/fixtures").join(fixture).display()
+        );
+        let out = run(&[
+            bin,
+            "render",
+            "--proxy-mode",
+            "iptables",
+            "--source",
+            &src,
+            "--node",
+            NODE_NAME,
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00:244::/48",
+        ]);
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (v4, v6) = match text.split_once("# ip6tables-restore --noflush payload\n") {
+            Some((a, b)) => (a.to_string(), b.to_string()),
+            None => (text.clone(), String::new()),
+        };
+        for (tool, payload) in [("iptables-restore", v4), ("ip6tables-restore", v6)] {
+            if payload.trim().is_empty() {
+                continue;
+            }
+            let file = std::env::temp_dir().join(format!("{ns}-{fixture}-{tool}"));
+            std::fs::write(&file, &payload).unwrap();
+            let out = run(&[
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                tool,
+                "--test",
+                "--noflush",
+                &path_str(&file),
+            ]);
+            if !out.status.success() {
+                failures.push(format!(
+                    "{fixture}/{tool}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            let _ = std::fs::remove_file(file);
+        }
+    }
+    let _ = run(&["ip", "netns", "del", &ns]);
+    assert!(failures.is_empty(), "{failures:?}");
+}

@@ -1,0 +1,417 @@
+//! A test lab of network namespaces on the host kernel: one node with pods on
+//! a bridge (each pod runs scripts/echo_server.py answering its own name) and an
+//! external client on a second link. Traffic stays inside these namespaces.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const NODE_IP: &str = "192.168.10.5";
+pub const NODE_IP6: &str = "fd00:10::5";
+pub const CLIENT_IP: &str = "192.168.10.100";
+pub const BRIDGE_IP: &str = "10.244.1.1";
+pub const NODE_NAME: &str = "node-a";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Why kernel tests cannot run here, if they cannot.
+pub fn skip_reason() -> Option<String> {
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some("not root: network namespace tests need root".into());
+    }
+    for tool in ["ip", "iptables-restore", "curl", "python3"] {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !found {
+            return Some(format!("{tool} not installed (run scripts/setup.sh)"));
+        }
+    }
+    None
+}
+
+/// Returns early from a test, printing why, when kernel tests cannot run.
+#[macro_export]
+macro_rules! require_kernel {
+    () => {
+        if let Some(why) = support::skip_reason() {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn run(cmd: &[&str]) -> Output {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    out
+}
+
+pub fn must(cmd: &[&str]) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub struct Lab {
+    pub prefix: String,
+    pub node: String,
+    pub client: String,
+    pods: BTreeMap<String, String>,
+    children: Vec<Child>,
+    proxy: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub objects: PathBuf,
+    /// Extra iptables flavor prefix for iptables-save ("" or "-legacy").
+    pub flavor: String,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("kprs{}x{n}", std::process::id() % 100000);
+        let dir = tempfile::tempdir().unwrap();
+        let objects = dir.path().join("objects");
+        std::fs::create_dir(&objects).unwrap();
+        let lab = Lab {
+            node: format!("{prefix}-node"),
+            client: format!("{prefix}-ext"),
+            prefix,
+            pods: BTreeMap::new(),
+            children: vec![],
+            proxy: None,
+            dir,
+            objects,
+            flavor: String::new(),
+        };
+        let (node, client) = (lab.node.as_str(), lab.client.as_str());
+        for ns in [node, client] {
+            must(&["ip", "netns", "add", ns]);
+            must(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        for cmd in [
+            "ip link add br0 type bridge",
+            "ip addr add 10.244.1.1/24 dev br0",
+            "ip addr add fd00:244:1::1/64 dev br0 nodad",
+            "ip link set br0 up",
+            "sysctl -qw net.ipv4.ip_forward=1",
+            "sysctl -qw net.ipv6.conf.all.forwarding=1",
+        ] {
+            lab.node_sh(cmd);
+        }
+        // br_netfilter: bridged pod-to-pod replies must see conntrack (un-DNAT).
+        for s in [
+            "net.bridge.bridge-nf-call-iptables=1",
+            "net.bridge.bridge-nf-call-ip6tables=1",
+        ] {
+            let _ = run(&["ip", "netns", "exec", node, "sysctl", "-qw", s]);
+        }
+        must(&[
+            "ip", "link", "add", "ext0", "netns", node, "type", "veth", "peer", "name", "eth0",
+            "netns", client,
+        ]);
+        for cmd in [
+            "ip addr add 192.168.10.5/24 dev ext0",
+            "ip addr add fd00:10::5/64 dev ext0 nodad",
+            "ip link set ext0 up",
+            "ip route add default via 192.168.10.100",
+            "ip -6 route add default via fd00:10::100",
+        ] {
+            lab.node_sh(cmd);
+        }
+        for cmd in [
+            "ip addr add 192.168.10.100/24 dev eth0",
+            "ip addr add fd00:10::100/64 dev eth0 nodad",
+            "ip link set eth0 up",
+            "ip route add default via 192.168.10.5",
+            "ip -6 route add default via fd00:10::5",
+        ] {
+            must(&["ip", "netns", "exec", client, "sh", "-c", cmd]);
+        }
+        lab
+    }
+
+    fn node_sh(&self, cmd: &str) {
+        must(&["ip", "netns", "exec", &self.node, "sh", "-c", cmd]);
+    }
+
+    /// Adds a pod `name` with IPv4 10.244.1.<host> (and fd00:244:1::<host>)
+    /// serving TCP `tcp` ports and UDP `udp` ports.
+    pub fn add_pod(&mut self, name: &str, host: u8, tcp: &[u16], udp: &[u16]) -> String {
+        let ns = format!("{}-{name}", self.prefix);
+        let ip = format!("10.244.1.{host}");
+        let veth = format!("veth{host}");
+        must(&["ip", "netns", "add", &ns]);
+        must(&[
+            "ip", "link", "add", &veth, "netns", &self.node, "type", "veth", "peer", "name",
+            "eth0", "netns", &ns,
+        ]);
+        // Hairpin mode, as kubelet sets it: a pod reaching itself via a VIP.
+        self.node_sh(&format!(
+            "ip link set {veth} master br0 up && bridge link set dev {veth} hairpin on"
+        ));
+        for cmd in [
+            "ip link set lo up".to_string(),
+            format!("ip addr add {ip}/24 dev eth0"),
+            format!("ip addr add fd00:244:1::{host}/64 dev eth0 nodad"),
+            "ip link set eth0 up".to_string(),
+            "ip route add default via 10.244.1.1".to_string(),
+            "ip -6 route add default via fd00:244:1::1".to_string(),
+        ] {
+            must(&["ip", "netns", "exec", &ns, "sh", "-c", &cmd]);
+        }
+        let join = |p: &[u16]| {
+            p.iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let script = root().join("scripts/echo_server.py");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns, "python3"])
+            .arg(&script)
+            .args([name, &join(tcp), "--udp", &join(udp)])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+        self.pods.insert(name.to_string(), ns);
+        // Wait until it answers on its first TCP port (bounded).
+        if let Some(p) = tcp.first() {
+            let url = format!("http://{ip}:{p}/");
+            let node = self.node.clone();
+            wait_until(&format!("{name} serving"), Duration::from_secs(10), || {
+                curl(&node, &url, 1).is_ok()
+            });
+        }
+        ip
+    }
+
+    pub fn pod_ns(&self, name: &str) -> String {
+        self.pods[name].clone()
+    }
+
+    pub fn write(&self, file: &str, yaml: &str) {
+        let tmp = self.objects.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.objects.join(file)).unwrap();
+    }
+
+    pub fn remove(&self, file: &str) {
+        let _ = std::fs::remove_file(self.objects.join(file));
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("proxy.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts the real binary in the node namespace against the dir: source.
+    pub fn start_proxy(&mut self, extra: &[&str]) {
+        assert!(self.proxy.is_none(), "proxy already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let src = format!("dir:{}", self.objects.display());
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.node,
+                env!("CARGO_BIN_EXE_kube-proxy-rs"),
+            ])
+            .args(["--source", &src, "--hostname-override", NODE_NAME])
+            .args([
+                "--cluster-cidr",
+                "10.244.0.0/16,fd00:244::/48",
+                "--min-sync-period",
+                "0s",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.proxy = Some(child);
+    }
+
+    /// Stops the proxy with SIGKILL (`kill = true`) or SIGTERM; returns its exit status code.
+    pub fn stop_proxy(&mut self, kill: bool) -> Option<i32> {
+        let mut child = self.proxy.take()?;
+        let sig = if kill { "-KILL" } else { "-TERM" };
+        let _ = run(&["kill", sig, &child.id().to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("proxy did not exit within 10s of {sig}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn proxy_running(&mut self) -> bool {
+        match &mut self.proxy {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
+    pub fn save(&self, v6: bool, table: &str) -> String {
+        let bin = format!(
+            "{}{}-save",
+            if v6 { "ip6tables" } else { "iptables" },
+            self.flavor
+        );
+        must(&["ip", "netns", "exec", &self.node, &bin, "-t", table])
+    }
+
+    pub fn in_ns(&self, ns: &str, cmd: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", ns];
+        full.extend_from_slice(cmd);
+        run(&full)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(secs) = std::env::var("KPRS_DEBUG_PAUSE")
+                .ok()
+                .and_then(|s| s.parse().ok())
+            {
+                eprintln!("KPRS_DEBUG_PAUSE: lab {} kept for {secs}s", self.prefix);
+                std::thread::sleep(Duration::from_secs(secs));
+            }
+        }
+        if let Some(mut p) = self.proxy.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in self.pods.values().chain([&self.node, &self.client]) {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+        if std::thread::panicking() {
+            eprintln!("--- proxy log ---\n{}", self.log());
+        }
+    }
+}
+
+/// curl from a namespace: Ok(body) or Err(curl exit code: 7 refused, 28 timeout).
+pub fn curl(ns: &str, url: &str, timeout_s: u32) -> Result<String, i32> {
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "curl",
+        "-s",
+        "-g",
+        "--max-time",
+        &timeout_s.to_string(),
+        url,
+    ]);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(out.status.code().unwrap_or(-1))
+    }
+}
+
+/// `n` requests; returns how often each answer's first word ("pod:port") came back.
+pub fn spread(ns: &str, url: &str, n: usize) -> BTreeMap<String, usize> {
+    let mut hits = BTreeMap::new();
+    for _ in 0..n {
+        let who = match curl(ns, url, 2) {
+            Ok(body) => body.split_whitespace().next().unwrap_or("").to_string(),
+            Err(code) => format!("error-{code}"),
+        };
+        *hits.entry(who).or_insert(0) += 1;
+    }
+    hits
+}
+
+/// `n` UDP queries, each from a fresh socket; answers' first words counted.
+pub fn udp_spread(ns: &str, ip: &str, port: u16, n: usize) -> BTreeMap<String, usize> {
+    let script = format!(
+        "import socket,sys\nfam=socket.AF_INET6 if ':' in '{ip}' else socket.AF_INET\nfor _ in range({n}):\n  s=socket.socket(fam,socket.SOCK_DGRAM); s.settimeout(1)\n  try:\n    s.sendto(b'q',('{ip}',{port})); print(s.recvfrom(200)[0].decode().split()[0])\n  except OSError: print('timeout')\n  s.close()\n"
+    );
+    let out = run(&["ip", "netns", "exec", ns, "python3", "-c", &script]);
+    let mut hits = BTreeMap::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        *hits.entry(l.to_string()).or_insert(0) += 1;
+    }
+    hits
+}
+
+/// Polls `f` until it holds, for at most `limit`; panics naming `what` otherwise.
+pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A Service manifest.
+pub fn service(name: &str, spec: &str) -> String {
+    format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: test}}\nspec: {spec}\n---\n")
+}
+
+/// An EndpointSlice manifest; `endpoints` are (ip, node) pairs.
+pub fn slice(name: &str, service: &str, ports: &str, endpoints: &[(&str, &str)]) -> String {
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|(ip, node)| {
+            format!("- {{addresses: [\"{ip}\"], nodeName: {node}, conditions: {{ready: true}}}}")
+        })
+        .collect();
+    let family = if endpoints.first().is_some_and(|(ip, _)| ip.contains(':')) {
+        "IPv6"
+    } else {
+        "IPv4"
+    };
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: test, labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: {family}\nports: {ports}\nendpoints:\n{}\n---\n",
+        eps.join("\n")
+    )
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
