@@ -92,6 +92,9 @@ pub struct Flags {
     /// IP families to program: ipv4, ipv6 or both (default: both where the tools work).
     #[arg(long, value_name = "FAMILIES")]
     pub ip_families: Option<String>,
+    /// Most lines per iptables-restore call with iptables-nft (tuning; 0 = one payload).
+    #[arg(long, hide = true)]
+    pub iptables_max_payload_lines: Option<usize>,
     /// Log verbosity (0-10), as kube-proxy's -v.
     #[arg(short = 'v', long = "v", value_name = "LEVEL")]
     pub verbosity: Option<u8>,
@@ -122,6 +125,7 @@ pub struct Settings {
     pub source: SourceSpec,
     pub service_proxy_name: Option<String>,
     pub iptables_flavor: IptablesFlavor,
+    pub max_payload_lines: Option<usize>,
     pub localhost_nodeports: bool,
     pub ipv4: bool,
     pub ipv6: bool,
@@ -264,6 +268,13 @@ impl Flags {
             source: self.source.clone().unwrap_or(SourceSpec::ApiServer),
             service_proxy_name: self.service_proxy_name.clone().filter(|s| !s.is_empty()),
             iptables_flavor: self.iptables_backend.unwrap_or_default(),
+            max_payload_lines: self.iptables_max_payload_lines.map(|n| {
+                if n == 0 {
+                    usize::MAX
+                } else {
+                    n
+                }
+            }),
             localhost_nodeports: self
                 .iptables_localhost_nodeports
                 .or(ipt.and_then(|i| i.localhost_node_ports))

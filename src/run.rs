@@ -85,7 +85,7 @@ fn node_context(s: &Settings) -> NodeContext {
 pub fn cleanup(flags: &Flags) -> Result<()> {
     let s = flags.settings()?;
     init_logging(&s);
-    let mut backend = IptablesBackend::new(kernel_factory(&s), render_configs(&s, &[]));
+    let mut backend = IptablesBackend::new(kernel_factory(&s), render_configs(&s, &[]), None);
     backend.cleanup()?;
     tracing::info!("removed all kube-proxy rules and chains");
     Ok(())
@@ -211,6 +211,7 @@ pub fn daemon(flags: &Flags) -> Result<()> {
     let backend: Box<dyn Backend> = Box::new(IptablesBackend::new(
         kernel_factory(&s),
         render_configs(&s, &local_ips),
+        s.max_payload_lines,
     ));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

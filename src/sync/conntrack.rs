@@ -134,3 +134,120 @@ pub fn run(flushes: &[Flush]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+
+    fn port(proto: Protocol, eps: &[&str]) -> ServicePort {
+        ServicePort {
+            key: ServicePortKey {
+                name: ServicePortName {
+                    namespace: "ns".into(),
+                    name: "dns".into(),
+                    port: String::new(),
+                },
+                protocol: proto,
+                family: Family::V4,
+            },
+            cluster_ip: Some("10.96.0.53".parse().unwrap()),
+            port: 53,
+            node_port: Some(30053),
+            external_ips: vec!["192.0.2.53".parse().unwrap()],
+            load_balancer_ips: vec![],
+            load_balancer_source_ranges: vec![],
+            affinity_timeout: None,
+            external_policy_local: false,
+            internal_policy_local: false,
+            health_check_node_port: None,
+            endpoints: eps
+                .iter()
+                .map(|ip| Endpoint {
+                    ip: ip.parse().unwrap(),
+                    port: 5353,
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    node_name: None,
+                    zone: None,
+                    is_local: false,
+                    zone_hints: vec![],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn first_endpoint_flushes_service_ips_and_nodeport() {
+        let f = flushes(&(
+            Some(port(Protocol::Udp, &[])),
+            Some(port(Protocol::Udp, &["10.0.0.1"])),
+        ));
+        assert_eq!(
+            f,
+            vec![
+                Flush::ToServiceIp {
+                    ip: "10.96.0.53".parse().unwrap(),
+                    port: 53
+                },
+                Flush::ToServiceIp {
+                    ip: "192.0.2.53".parse().unwrap(),
+                    port: 53
+                },
+                Flush::ToNodePort {
+                    family: Family::V4,
+                    port: 30053
+                },
+            ]
+        );
+        // A brand-new service with endpoints counts too.
+        assert_eq!(
+            flushes(&(None, Some(port(Protocol::Udp, &["10.0.0.1"])))).len(),
+            3
+        );
+    }
+
+    #[test]
+    fn removed_endpoint_flushes_its_entries() {
+        let f = flushes(&(
+            Some(port(Protocol::Udp, &["10.0.0.1", "10.0.0.2"])),
+            Some(port(Protocol::Udp, &["10.0.0.2"])),
+        ));
+        assert_eq!(f.len(), 2);
+        assert!(f.contains(&Flush::ToEndpoint {
+            service_ip: "10.96.0.53".parse().unwrap(),
+            endpoint: "10.0.0.1".parse().unwrap()
+        }));
+        // Service deleted: all its endpoints' entries go.
+        assert_eq!(
+            flushes(&(Some(port(Protocol::Udp, &["10.0.0.1"])), None)).len(),
+            2
+        );
+    }
+
+    #[test]
+    fn tcp_and_unchanged_need_nothing() {
+        let p = port(Protocol::Tcp, &["10.0.0.1"]);
+        assert!(flushes(&(Some(port(Protocol::Tcp, &[])), Some(p))).is_empty());
+        let u = port(Protocol::Udp, &["10.0.0.1"]);
+        assert!(flushes(&(Some(u.clone()), Some(u))).is_empty());
+    }
+
+    #[test]
+    fn conntrack_arguments() {
+        let a = args(&Flush::ToEndpoint {
+            service_ip: "10.96.0.53".parse().unwrap(),
+            endpoint: "10.0.0.1".parse().unwrap(),
+        });
+        assert_eq!(
+            a.join(" "),
+            "-D -f ipv4 -p udp --orig-dst 10.96.0.53 --dst-nat 10.0.0.1"
+        );
+        let a = args(&Flush::ToNodePort {
+            family: Family::V6,
+            port: 30053,
+        });
+        assert_eq!(a.join(" "), "-D -f ipv6 -p udp --dport 30053");
+    }
+}
