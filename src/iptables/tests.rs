@@ -275,3 +275,111 @@ fn nodeport_addresses_select_node_ips() {
     );
     assert!(shared_tail(Shared::NatNodePorts, &cfg).is_empty());
 }
+
+mod backend_with_fake_kernel {
+    use super::*;
+    use crate::backend::Backend;
+    use crate::iptables::apply::Kernel;
+    use crate::iptables::backend::IptablesBackend;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Log {
+        restores: Vec<String>,
+        fail_next: usize,
+        jumps_present: bool,
+    }
+
+    struct Fake(Arc<Mutex<Log>>);
+
+    impl Kernel for Fake {
+        fn restore(&mut self, _: Family, payload: &str) -> anyhow::Result<()> {
+            let mut l = self.0.lock().unwrap();
+            if l.fail_next > 0 {
+                l.fail_next -= 1;
+                anyhow::bail!("iptables-restore: line 2 failed");
+            }
+            l.restores.push(payload.to_string());
+            Ok(())
+        }
+        fn save(&mut self, _: Family, _: Table) -> anyhow::Result<String> {
+            Ok("*nat\n:KUBE-SVC-STALESTALESTALE1 - [0:0]\nCOMMIT\n".into())
+        }
+        fn ensure_jump(&mut self, _: Family, _: &Jump) -> anyhow::Result<bool> {
+            let mut l = self.0.lock().unwrap();
+            let missing = !l.jumps_present;
+            l.jumps_present = true;
+            Ok(missing)
+        }
+        fn delete_jump(&mut self, _: Family, _: &Jump) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn available(&mut self, f: Family) -> bool {
+            f == Family::V4
+        }
+        fn is_legacy(&mut self) -> bool {
+            false
+        }
+    }
+
+    fn backend(log: &Arc<Mutex<Log>>) -> IptablesBackend {
+        let l = log.clone();
+        IptablesBackend::new(
+            Arc::new(move || Box::new(Fake(l.clone())) as Box<dyn Kernel>),
+            vec![RenderConfig::new(Family::V4), RenderConfig::new(Family::V6)],
+            None,
+        )
+    }
+
+    #[test]
+    fn failure_leaves_rules_and_next_sync_is_full() {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let mut b = backend(&log);
+        assert_eq!(
+            b.families(),
+            vec![Family::V4],
+            "v6 tools unavailable: skipped"
+        );
+        let mut ports = ports_map((0..3).map(|i| service_n(i, 2)).collect());
+        let all: BTreeSet<_> = ports.keys().cloned().collect();
+        let stats = b.sync(&ports, &all, true).unwrap();
+        assert!(stats.full && stats.calls >= 1);
+
+        // An endpoint change whose restore fails: error out, nothing deleted.
+        let key = ports.keys().next().unwrap().clone();
+        ports.get_mut(&key).unwrap().endpoints.pop();
+        log.lock().unwrap().fail_next = 1;
+        let before = log.lock().unwrap().restores.len();
+        assert!(b.sync(&ports, &[key.clone()].into(), false).is_err());
+        assert_eq!(
+            log.lock().unwrap().restores.len(),
+            before,
+            "no payload applied"
+        );
+        // The retry (a full sync, as the loop asks) rewrites every chain.
+        let stats = b.sync(&ports, &BTreeSet::new(), true).unwrap();
+        let last = log.lock().unwrap().restores.last().unwrap().clone();
+        assert!(
+            last.contains(":KUBE-SERVICES - [0:0]") && stats.written > 10,
+            "{stats:?}"
+        );
+    }
+
+    #[test]
+    fn verify_repairs_jumps_and_scan_finds_stale_chains() {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let mut b = backend(&log);
+        let ports = ports_map(vec![service_n(0, 1)]);
+        let all: BTreeSet<_> = ports.keys().cloned().collect();
+        log.lock().unwrap().jumps_present = true;
+        b.sync(&ports, &all, true).unwrap();
+        assert!(b.verify().unwrap(), "jumps present: intact");
+        log.lock().unwrap().jumps_present = false;
+        assert!(!b.verify().unwrap(), "a missing jump asks for a full sync");
+        let job = b.scan_job().unwrap();
+        assert!(b.apply_scan(job().unwrap()), "stale chain found");
+        b.sync(&ports, &BTreeSet::new(), false).unwrap();
+        let last = log.lock().unwrap().restores.last().unwrap().clone();
+        assert!(last.contains("-X KUBE-SVC-STALESTALESTALE1"), "{last}");
+    }
+}
