@@ -24,6 +24,8 @@ pub struct SyncStats {
 pub type ScanResult = Box<dyn Any + Send>;
 /// A scan that can run off the sync loop (it only reads the kernel).
 pub type ScanJob = Box<dyn FnOnce() -> Result<ScanResult> + Send>;
+/// A kernel check that can run off the sync loop.
+pub type VerifyJob = Box<dyn FnOnce() -> Result<bool> + Send>;
 
 pub trait Backend: Send {
     fn name(&self) -> &'static str;
@@ -38,9 +40,10 @@ pub trait Backend: Send {
         full: bool,
     ) -> Result<SyncStats>;
 
-    /// Cheap check that the kernel still holds what we wrote (jumps, base
-    /// chains); repairs what it can. `Ok(false)`: a full sync is needed.
-    fn verify(&mut self) -> Result<bool>;
+    /// A check, run off the sync loop every `--sync-period`, that the kernel
+    /// still holds what we wrote (jumps, base chains); it repairs what it can.
+    /// The job answers `Ok(false)` when a full sync is needed.
+    fn verify_job(&self) -> Option<VerifyJob>;
 
     /// A read-only kernel scan to run off the sync loop after the first sync.
     fn scan_job(&self) -> Option<ScanJob>;

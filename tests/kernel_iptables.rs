@@ -462,3 +462,43 @@ fn stale_udp_conntrack_entries_are_flushed() {
         || udp_from_port(&lab, "10.96.0.53", 53, 40000) == "pod1:5353",
     );
 }
+
+#[test]
+fn rules_flushed_by_hand_are_repaired_within_a_sync_period() {
+    require_kernel!();
+    let mut lab = Lab::new();
+    lab.add_pod("pod0", 10, &[8080], &[]);
+    lab.write(
+        "web.yaml",
+        &(service(
+            "web",
+            "{clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080}]}",
+        ) + &slice(
+            "web-1",
+            "web",
+            "[{port: 8080}]",
+            &[("10.244.1.10", NODE_NAME)],
+        )),
+    );
+    lab.start_proxy(&["--sync-period", "1s"]);
+    let node = lab.node.clone();
+    wait_until("ClusterIP answers", WAIT, || {
+        curl(&node, "http://10.96.0.10/", 1).is_ok()
+    });
+    for cmd in ["iptables -t nat -F", "iptables -t nat -X"] {
+        let out = lab.in_ns(&node, &["sh", "-c", cmd]);
+        assert!(out.status.success());
+    }
+    assert!(
+        curl(&node, "http://10.96.0.10/", 1).is_err(),
+        "flushed by hand"
+    );
+    wait_until("rules repaired", Duration::from_secs(10), || {
+        curl(&node, "http://10.96.0.10/", 1).is_ok()
+    });
+    assert!(
+        lab.log().matches("full=true").count() >= 2,
+        "repaired by a full sync:\n{}",
+        lab.log()
+    );
+}

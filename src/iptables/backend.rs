@@ -4,7 +4,7 @@ use super::apply::{declared_chains, Kernel};
 use super::names::{self, is_service_chain};
 use super::render::{jumps, RenderConfig, Table};
 use super::state::{ChainId, Engine};
-use crate::backend::{Backend, Ports, ScanJob, ScanResult, SyncStats};
+use crate::backend::{Backend, Ports, ScanJob, ScanResult, SyncStats, VerifyJob};
 use crate::model::{Family, ServicePortKey};
 use anyhow::Result;
 use std::collections::BTreeSet;
@@ -104,22 +104,27 @@ impl Backend for IptablesBackend {
         Ok(stats)
     }
 
-    fn verify(&mut self) -> Result<bool> {
-        let mut kernel = self.kernel.lock().unwrap();
-        let mut intact = true;
-        for engine in &self.engines {
-            for j in jumps() {
-                if kernel.ensure_jump(engine.cfg.family, &j)? {
-                    tracing::warn!(
-                        from = j.from,
-                        table = j.table.name(),
-                        "a kube-proxy jump rule was missing; repaired"
-                    );
-                    intact = false;
+    fn verify_job(&self) -> Option<VerifyJob> {
+        let factory = self.factory.clone();
+        let families = self.families();
+        Some(Box::new(move || {
+            let mut kernel = factory();
+            let mut intact = true;
+            for family in families {
+                for j in jumps() {
+                    if kernel.ensure_jump(family, &j)? {
+                        tracing::warn!(
+                            from = j.from,
+                            table = j.table.name(),
+                            ?family,
+                            "a kube-proxy jump rule was missing; repaired"
+                        );
+                        intact = false;
+                    }
                 }
             }
-        }
-        Ok(intact)
+            Ok(intact)
+        }))
     }
 
     fn scan_job(&self) -> Option<ScanJob> {

@@ -373,9 +373,12 @@ mod backend_with_fake_kernel {
         let all: BTreeSet<_> = ports.keys().cloned().collect();
         log.lock().unwrap().jumps_present = true;
         b.sync(&ports, &all, true).unwrap();
-        assert!(b.verify().unwrap(), "jumps present: intact");
+        assert!(b.verify_job().unwrap()().unwrap(), "jumps present: intact");
         log.lock().unwrap().jumps_present = false;
-        assert!(!b.verify().unwrap(), "a missing jump asks for a full sync");
+        assert!(
+            !b.verify_job().unwrap()().unwrap(),
+            "a missing jump asks for a full sync"
+        );
         let job = b.scan_job().unwrap();
         assert!(b.apply_scan(job().unwrap()), "stale chain found");
         b.sync(&ports, &BTreeSet::new(), false).unwrap();

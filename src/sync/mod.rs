@@ -183,6 +183,7 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let mut scan_rx: Option<oneshot::Receiver<anyhow::Result<ScanResult>>> = None;
+    let mut verify_rx: Option<oneshot::Receiver<anyhow::Result<bool>>> = None;
     tokio::pin!(shutdown);
     loop {
         let deadline = tokio::time::Instant::from_std(lp.deadline());
@@ -221,20 +222,27 @@ pub async fn run(
                     Err(_) => {}
                 }
             }
-            _ = tick.tick() => {
-                if lp.ready() && lp.last_sync.is_some() {
-                    let intact = tokio::task::block_in_place(|| lp.backend.verify());
-                    match intact {
-                        Ok(true) => {}
-                        Ok(false) => lp.need_full = true,
-                        Err(e) => {
-                            tracing::warn!(error = %format!("{e:#}"), "checking the kernel state failed");
-                            lp.need_full = true;
-                        }
-                    }
-                    if lp.last_full.is_some_and(|t| t.elapsed() >= lp.cfg.full_resync_period) {
+            res = async { verify_rx.as_mut().unwrap().await }, if verify_rx.is_some() => {
+                verify_rx = None;
+                match res {
+                    Ok(Ok(true)) | Err(_) => {}
+                    Ok(Ok(false)) => lp.need_full = true,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %format!("{e:#}"), "checking the kernel state failed");
                         lp.need_full = true;
                     }
+                }
+            }
+            _ = tick.tick() => {
+                if lp.ready() && lp.last_sync.is_some() && verify_rx.is_none() {
+                    if let Some(job) = lp.backend.verify_job() {
+                        let (tx, r) = oneshot::channel();
+                        std::thread::spawn(move || { let _ = tx.send(job()); });
+                        verify_rx = Some(r);
+                    }
+                }
+                if lp.last_full.is_some_and(|t| t.elapsed() >= lp.cfg.full_resync_period) {
+                    lp.need_full = true;
                 }
             }
         }
