@@ -502,3 +502,55 @@ fn rules_flushed_by_hand_are_repaired_within_a_sync_period() {
         lab.log()
     );
 }
+
+#[test]
+fn legacy_iptables_backend_works_too() {
+    require_kernel!();
+    if run(&[
+        "sh",
+        "-c",
+        "command -v iptables-legacy-restore && iptables-legacy-save -t nat",
+    ])
+    .status
+    .code()
+        != Some(0)
+    {
+        eprintln!("SKIPPED: iptables-legacy not usable here");
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.flavor = "-legacy".into();
+    lab.add_pod("pod0", 10, &[8080], &[]);
+    lab.add_pod("pod1", 11, &[8080], &[]);
+    lab.write("web.yaml", &(service("web", "{type: NodePort, clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}") + &slice("web-1", "web", "[{port: 8080}]", &[("10.244.1.10", NODE_NAME), ("10.244.1.11", NODE_NAME)])));
+    lab.start_proxy(&["--iptables-backend", "legacy"]);
+    let node = lab.node.clone();
+    wait_until("ClusterIP answers", WAIT, || {
+        curl(&node, "http://10.96.0.10/", 1).is_ok()
+    });
+    at_least_each(
+        &spread(&node, "http://10.96.0.10/", 30),
+        &["pod0:8080", "pod1:8080"],
+        3,
+    );
+    let client = lab.client.clone();
+    assert!(curl(&client, &format!("http://{NODE_IP}:30080/"), 2).is_ok());
+    assert!(lab.save(false, "nat").contains("test/web cluster IP"));
+    assert!(lab.log().contains("legacy=true"), "{}", lab.log());
+    lab.stop_proxy(false);
+    let out = lab.in_ns(
+        &node,
+        &[
+            env!("CARGO_BIN_EXE_kube-proxy-rs"),
+            "--cleanup",
+            "--iptables-backend",
+            "legacy",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!lab.save(false, "nat").contains("KUBE-"));
+}
