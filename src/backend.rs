@@ -18,6 +18,8 @@ pub struct SyncStats {
     pub lines: usize,
     pub written: usize,
     pub deleted: usize,
+    /// Rules (or objects) the backend owns per table, after the sync.
+    pub table_rules: Vec<(String, usize)>,
 }
 
 /// Output of a background scan of the kernel (e.g. chains left by an earlier run).

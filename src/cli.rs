@@ -95,6 +95,15 @@ pub struct Flags {
     /// Most lines per iptables-restore call with iptables-nft (tuning; 0 = one payload).
     #[arg(long, hide = true)]
     pub iptables_max_payload_lines: Option<usize>,
+    /// ip:port of the health server (/healthz, /livez); empty disables it.
+    #[arg(long, value_name = "IP:PORT")]
+    pub healthz_bind_address: Option<String>,
+    /// ip:port of the metrics server (/metrics); empty disables it.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_bind_address: Option<String>,
+    /// Exit if the health or metrics port cannot be bound.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub bind_address_hard_fail: Option<bool>,
     /// Log verbosity (0-10), as kube-proxy's -v.
     #[arg(short = 'v', long = "v", value_name = "LEVEL")]
     pub verbosity: Option<u8>,
@@ -133,6 +142,20 @@ pub struct Settings {
     pub json_logs: bool,
     pub ipvs_scheduler: String,
     pub strict_arp: bool,
+    pub healthz_bind_address: Option<std::net::SocketAddr>,
+    pub metrics_bind_address: Option<std::net::SocketAddr>,
+    pub bind_address_hard_fail: bool,
+}
+
+/// `ip:port` (or `[v6]:port`); empty means disabled.
+fn parse_bind(s: &str, what: &str) -> Result<Option<std::net::SocketAddr>> {
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    s.trim()
+        .parse()
+        .map(Some)
+        .with_context(|| format!("{what}: expected IP:PORT, got {s:?}"))
 }
 
 fn parse_cidrs(s: &str, what: &str) -> Result<Vec<IpNet>> {
@@ -288,6 +311,24 @@ impl Flags {
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "rr".into()),
             strict_arp: ipvs.and_then(|i| i.strict_arp).unwrap_or(false),
+            healthz_bind_address: parse_bind(
+                self.healthz_bind_address
+                    .as_deref()
+                    .or(file.healthz_bind_address.as_deref())
+                    .unwrap_or("0.0.0.0:10256"),
+                "healthz bind address",
+            )?,
+            metrics_bind_address: parse_bind(
+                self.metrics_bind_address
+                    .as_deref()
+                    .or(file.metrics_bind_address.as_deref())
+                    .unwrap_or("127.0.0.1:10249"),
+                "metrics bind address",
+            )?,
+            bind_address_hard_fail: self
+                .bind_address_hard_fail
+                .or(file.bind_address_hard_fail)
+                .unwrap_or(false),
         })
     }
 }

@@ -172,9 +172,6 @@ impl KubeProxyConfiguration {
         };
         note(self.feature_gates.is_some(), "featureGates");
         note(self.bind_address.is_some(), "bindAddress");
-        note(self.healthz_bind_address.is_some(), "healthzBindAddress");
-        note(self.metrics_bind_address.is_some(), "metricsBindAddress");
-        note(self.bind_address_hard_fail.is_some(), "bindAddressHardFail");
         note(self.enable_profiling.is_some(), "enableProfiling");
         note(
             self.show_hidden_metrics_for_version.is_some(),
@@ -252,10 +249,10 @@ mod tests {
     #[test]
     fn unused_fields_are_named() {
         let cfg = KubeProxyConfiguration::parse(
-            "metricsBindAddress: 0.0.0.0:10249\nconntrack:\n  maxPerCore: 0\n",
+            "enableProfiling: true\nmetricsBindAddress: 0.0.0.0:10249\nconntrack:\n  maxPerCore: 0\n",
         )
         .unwrap();
-        assert_eq!(cfg.unused_fields(), vec!["metricsBindAddress", "conntrack"]);
+        assert_eq!(cfg.unused_fields(), vec!["enableProfiling", "conntrack"]);
     }
 
     #[test]

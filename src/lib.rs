@@ -8,8 +8,12 @@
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod hcnode;
+pub mod health;
+pub mod http;
 pub mod iptables;
 pub mod ipvs;
+pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod run;

@@ -2,14 +2,17 @@
 
 use crate::backend::Backend;
 use crate::cli::{Flags, ProxyMode, RenderArgs, Settings};
+use crate::health::Health;
+use crate::http::{self, Shared};
 use crate::iptables::apply::{Kernel, SystemIptables};
 use crate::iptables::backend::KernelFactory;
 use crate::iptables::render::{jumps, render_full};
 use crate::iptables::{IptablesBackend, RenderConfig};
+use crate::metrics::Metrics;
 use crate::model::{build_service, Built, Family, NodeContext, ServicePort};
 use crate::node;
 use crate::source::{self, SourceSpec};
-use crate::sync::{self, SyncConfig};
+use crate::sync::{self, EventSink, SyncConfig};
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
 use std::time::Duration;
@@ -218,15 +221,34 @@ pub fn daemon(flags: &Flags) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let shared = Arc::new(Shared {
+        health: Health::new(2 * s.sync_period),
+        metrics: Metrics::new(),
+        proxy_mode: "iptables",
+    });
     rt.block_on(async move {
+        for (addr, router, what) in [
+            (s.healthz_bind_address, http::health_router(shared.clone()), "healthz"),
+            (s.metrics_bind_address, http::metrics_router(shared.clone()), "metrics"),
+        ] {
+            let Some(addr) = addr else { continue };
+            if let Err(e) = http::serve(addr, router, what).await {
+                if s.bind_address_hard_fail {
+                    bail!("cannot bind the {what} server on {addr}: {e}");
+                }
+                tracing::error!(%addr, error = %e, "cannot bind the {what} server; continuing without it");
+            }
+        }
         let (tx, rx) = mpsc::channel(1024);
+        let mut events = None;
         match &s.source {
             SourceSpec::Dir(d) => {
-                tokio::spawn(source::dir::run(d.clone(), Duration::from_millis(500), tx));
+                tokio::spawn(source::dir::run(d.clone(), s.node_name.clone(), Duration::from_millis(500), tx));
             }
             SourceSpec::ApiServer => {
                 let client = kube_client(&s).await?;
-                tokio::spawn(source::kube::run(client, s.service_proxy_name.clone(), tx));
+                events = Some(event_sink(client.clone(), &s.node_name));
+                tokio::spawn(source::kube::run(client, s.service_proxy_name.clone(), s.node_name.clone(), tx));
             }
         }
         let cfg = SyncConfig {
@@ -234,12 +256,46 @@ pub fn daemon(flags: &Flags) -> Result<()> {
             sync_period: s.sync_period,
             ..Default::default()
         };
-        sync::run(backend, rx, node_context(&s), cfg, shutdown_signal()).await;
+        sync::run(backend, rx, node_context(&s), cfg, shared, events, shutdown_signal()).await;
         Ok::<(), anyhow::Error>(())
     })?;
     // Exit without waiting for watch tasks: rules stay as they are.
     rt.shutdown_timeout(Duration::from_millis(100));
     Ok(())
+}
+
+/// Posts Warning events about this node (e.g. sync failures), off the sync loop.
+fn event_sink(client: kube::Client, node_name: &str) -> EventSink {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let recorder = Recorder::new(
+        client,
+        Reporter {
+            controller: "kube-proxy-rs".into(),
+            instance: Some(node_name.to_string()),
+        },
+    );
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some(node_name.to_string()),
+        ..Default::default()
+    };
+    Arc::new(move |reason: &'static str, note: String| {
+        let recorder = recorder.clone();
+        let reference = reference.clone();
+        tokio::spawn(async move {
+            let ev = Event {
+                type_: EventType::Warning,
+                reason: reason.into(),
+                note: Some(note.chars().take(1000).collect()),
+                action: "SyncProxyRules".into(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&ev, &reference).await {
+                tracing::debug!(error = %e, "could not publish event");
+            }
+        });
+    })
 }
 
 async fn shutdown_signal() {

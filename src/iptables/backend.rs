@@ -101,6 +101,16 @@ impl Backend for IptablesBackend {
                 }
             }
         }
+        let mut totals: std::collections::BTreeMap<&str, usize> = Default::default();
+        for engine in &self.engines {
+            for (t, n) in engine.rule_counts() {
+                *totals.entry(t.name()).or_default() += n;
+            }
+        }
+        stats.table_rules = totals
+            .into_iter()
+            .map(|(t, n)| (t.to_string(), n))
+            .collect();
         Ok(stats)
     }
 

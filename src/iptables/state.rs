@@ -30,7 +30,8 @@ struct Summary {
 pub struct Payload {
     pub text: String,
     pub lines: usize,
-    pub writes: Vec<(ChainId, u64)>,
+    /// Chains written: id, hash of the rules, number of rules.
+    pub writes: Vec<(ChainId, u64, usize)>,
     pub deletes: Vec<ChainId>,
 }
 
@@ -39,14 +40,15 @@ struct PayloadBuilder {
     chains: BTreeMap<Table, Vec<Chain>>,
     deletes: BTreeMap<Table, Vec<String>>,
     lines: usize,
-    writes: Vec<(ChainId, u64)>,
+    writes: Vec<(ChainId, u64, usize)>,
     delete_ids: Vec<ChainId>,
 }
 
 impl PayloadBuilder {
     fn write(&mut self, chain: Chain, hash: u64) {
         self.lines += chain.rules.len() + 1;
-        self.writes.push(((chain.table, chain.name.clone()), hash));
+        self.writes
+            .push(((chain.table, chain.name.clone()), hash, chain.rules.len()));
         self.chains.entry(chain.table).or_default().push(chain);
     }
 
@@ -109,7 +111,10 @@ pub struct Engine {
     /// Most lines in one restore payload (`usize::MAX`: one payload).
     pub max_payload_lines: usize,
     summaries: BTreeMap<ServicePortKey, Summary>,
-    applied: HashMap<ChainId, u64>,
+    /// Chain -> (hash of its rules, number of rules) as last written.
+    applied: HashMap<ChainId, (u64, usize)>,
+    /// Rules per table as last written (for metrics).
+    rule_counts: BTreeMap<Table, usize>,
     /// Service chains found in the kernel that no service port owns.
     stale: BTreeSet<ChainId>,
     /// A payload failed: the next plan rewrites everything.
@@ -123,6 +128,7 @@ impl Engine {
             max_payload_lines,
             summaries: BTreeMap::new(),
             applied: HashMap::new(),
+            rule_counts: BTreeMap::new(),
             stale: BTreeSet::new(),
             force_full: false,
         }
@@ -131,6 +137,15 @@ impl Engine {
     /// Chains we believe are in the kernel.
     pub fn applied_chains(&self) -> impl Iterator<Item = &ChainId> {
         self.applied.keys()
+    }
+
+    /// Rules per table as last written.
+    pub fn rule_counts(&self) -> &BTreeMap<Table, usize> {
+        &self.rule_counts
+    }
+
+    fn is_applied(&self, table: Table, name: &str, hash: u64) -> bool {
+        self.applied.get(&(table, name.to_string())).map(|a| a.0) == Some(hash)
     }
 
     /// Number of service ports programmed.
@@ -172,6 +187,7 @@ impl Engine {
         let mut known_before: HashSet<ChainId> = HashSet::new();
         let keys: Vec<ServicePortKey> = if full {
             known_before = self.applied.drain().map(|(k, _)| k).collect();
+            self.rule_counts.clear();
             let mut all: BTreeSet<ServicePortKey> = self.summaries.keys().cloned().collect();
             all.extend(ports.keys().filter(|k| k.family == family).cloned());
             all.into_iter().collect()
@@ -187,7 +203,7 @@ impl Engine {
         let mut cur = PayloadBuilder::default();
         for chain in render_fixed(&self.cfg) {
             let h = hash_rules(&chain.rules);
-            if self.applied.get(&(chain.table, chain.name.clone())) != Some(&h) {
+            if !self.is_applied(chain.table, &chain.name, h) {
                 cur.write(chain, h);
             }
         }
@@ -213,7 +229,7 @@ impl Engine {
                 let h = hash_rules(&chain.rules);
                 summary.owned.push((chain.name.clone(), h));
                 desired_owned.insert(chain.name.clone());
-                if self.applied.get(&(chain.table, chain.name.clone())) != Some(&h) {
+                if !self.is_applied(chain.table, &chain.name, h) {
                     cur.write(chain, h);
                 }
             }
@@ -250,7 +266,7 @@ impl Engine {
                 .collect();
             rules.extend(shared_tail(s, &self.cfg));
             let h = hash_rules(&rules);
-            if self.applied.get(&id) != Some(&h) {
+            if !self.is_applied(id.0, &id.1, h) {
                 cur.write(
                     Chain {
                         table: id.0,
@@ -297,11 +313,16 @@ impl Engine {
 
     /// The payload reached the kernel.
     pub fn commit(&mut self, p: &Payload) {
-        for (id, h) in &p.writes {
-            self.applied.insert(id.clone(), *h);
+        for (id, h, n) in &p.writes {
+            if let Some((_, old)) = self.applied.insert(id.clone(), (*h, *n)) {
+                *self.rule_counts.entry(id.0).or_default() -= old;
+            }
+            *self.rule_counts.entry(id.0).or_default() += n;
         }
         for id in &p.deletes {
-            self.applied.remove(id);
+            if let Some((_, old)) = self.applied.remove(id) {
+                *self.rule_counts.entry(id.0).or_default() -= old;
+            }
         }
     }
 
@@ -309,8 +330,10 @@ impl Engine {
     /// next time (the kernel may hold less than we thought).
     pub fn forget(&mut self, p: &Payload) {
         self.force_full = true;
-        for (id, _) in &p.writes {
-            self.applied.remove(id);
+        for (id, _, _) in &p.writes {
+            if let Some((_, old)) = self.applied.remove(id) {
+                *self.rule_counts.entry(id.0).or_default() -= old;
+            }
         }
         for id in &p.deletes {
             self.stale.insert(id.clone());

@@ -51,6 +51,7 @@ fn sp(
         external_policy_local: false,
         internal_policy_local: false,
         health_check_node_port: None,
+        topology_zone: None,
         endpoints: eps,
     }
 }

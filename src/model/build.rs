@@ -136,6 +136,16 @@ pub fn build_service(
         None
     };
     let is_lb = spec.type_.as_deref() == Some("LoadBalancer");
+    let annotations = svc.metadata.annotations.as_ref();
+    let auto = |k: &str| {
+        annotations
+            .and_then(|a| a.get(k))
+            .is_some_and(|v| v == "Auto" || v == "auto")
+    };
+    let topology = spec.traffic_distribution.as_deref() == Some("PreferClose")
+        || auto("service.kubernetes.io/topology-mode")
+        || auto("service.kubernetes.io/topology-aware-hints");
+    let topology_zone = if topology { node.zone.clone() } else { None };
     let external_policy_local = spec.external_traffic_policy.as_deref() == Some("Local");
     let internal_policy_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let health_check_node_port = match spec.health_check_node_port {
@@ -229,6 +239,7 @@ pub fn build_service(
                 external_policy_local,
                 internal_policy_local,
                 health_check_node_port,
+                topology_zone: topology_zone.clone(),
                 endpoints,
             });
         }

@@ -25,12 +25,33 @@ pub fn uses_local_endpoints(sp: &ServicePort) -> bool {
     sp.internal_policy_local || sp.external_local()
 }
 
+/// Topology hints apply only when every ready endpoint carries hints and some
+/// ready endpoint is hinted for this node's zone (otherwise traffic could
+/// blackhole), as upstream decides.
+pub fn can_use_topology(eps: &[Endpoint], zone: &str) -> bool {
+    let mut for_zone = false;
+    for e in eps.iter().filter(|e| e.ready) {
+        if e.zone_hints.is_empty() {
+            return false;
+        }
+        for_zone |= e.zone_hints.iter().any(|h| h == zone);
+    }
+    for_zone
+}
+
 pub fn categorize(sp: &ServicePort) -> Categorized<'_> {
     let eps = &sp.endpoints;
     let serving_terminating = |e: &&Endpoint| e.serving && e.terminating;
     let mut c = Categorized::default();
     if uses_cluster_endpoints(sp) {
-        c.cluster = eps.iter().filter(|e| e.ready).collect();
+        let zone = sp
+            .topology_zone
+            .as_deref()
+            .filter(|z| can_use_topology(eps, z));
+        c.cluster = eps
+            .iter()
+            .filter(|e| e.ready && zone.is_none_or(|z| e.zone_hints.iter().any(|h| h == z)))
+            .collect();
         if c.cluster.is_empty() {
             c.cluster = eps.iter().filter(serving_terminating).collect();
         }

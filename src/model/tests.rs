@@ -421,3 +421,55 @@ fn categorize_local_policies() {
     let c = categorize(&sp);
     assert!(c.local.is_empty() && c.has_any);
 }
+
+#[test]
+fn topology_hints_filter_cluster_endpoints() {
+    let eps = json!([
+        {"addresses": ["10.0.0.1"], "zone": "a", "hints": {"forZones": [{"name": "a"}]}},
+        {"addresses": ["10.0.0.2"], "zone": "b", "hints": {"forZones": [{"name": "b"}]}},
+    ]);
+    let sl = slice("web-a", "IPv4", json!([{"port": 80}]), eps);
+    let in_zone = |spec: Value, zone: Option<&str>| {
+        let ctx = NodeContext {
+            zone: zone.map(str::to_string),
+            ..node()
+        };
+        let Built::Ports(mut p) = build_service(&svc(spec), &[&sl], &ctx).unwrap().built else {
+            panic!()
+        };
+        let sp = p.remove(0);
+        ips(&categorize(&sp).cluster)
+    };
+    let prefer = json!({"clusterIP": "10.96.0.10", "trafficDistribution": "PreferClose", "ports": [{"port": 80}]});
+    assert_eq!(in_zone(prefer.clone(), Some("a")), vec!["10.0.0.1"]);
+    assert_eq!(in_zone(prefer.clone(), Some("b")), vec!["10.0.0.2"]);
+    // No hint for this zone, or node zone unknown: all endpoints.
+    assert_eq!(in_zone(prefer.clone(), Some("c")).len(), 2);
+    assert_eq!(in_zone(prefer, None).len(), 2);
+    // Not asked for: all endpoints.
+    let plain = json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]});
+    assert_eq!(in_zone(plain, Some("a")).len(), 2);
+    // One ready endpoint without hints disables topology.
+    let e = vec![
+        Endpoint {
+            zone_hints: vec!["a".into()],
+            ..ep_at("10.0.0.1")
+        },
+        ep_at("10.0.0.2"),
+    ];
+    assert!(!categorize::can_use_topology(&e, "a"));
+}
+
+fn ep_at(ip: &str) -> Endpoint {
+    Endpoint {
+        ip: ip.parse().unwrap(),
+        port: 80,
+        ready: true,
+        serving: true,
+        terminating: false,
+        node_name: None,
+        zone: None,
+        is_local: false,
+        zone_hints: vec![],
+    }
+}

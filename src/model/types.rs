@@ -158,6 +158,9 @@ pub struct ServicePort {
     pub external_policy_local: bool,
     pub internal_policy_local: bool,
     pub health_check_node_port: Option<u16>,
+    /// This node's zone when the Service asks for topology-aware routing
+    /// (`trafficDistribution: PreferClose` or topology-mode Auto).
+    pub topology_zone: Option<String>,
     /// Deduplicated, sorted by (ip, port).
     pub endpoints: Vec<Endpoint>,
 }

@@ -5,7 +5,7 @@
 //! naming it), so a bad edit never drops services.
 
 use super::{Kind, SourceMsg, Update};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 pub struct Parsed {
     pub services: Vec<Service>,
     pub slices: Vec<EndpointSlice>,
+    pub nodes: Vec<Node>,
     /// Documents skipped, each naming the file, document and object.
     pub errors: Vec<String>,
 }
@@ -75,6 +76,12 @@ fn collect(origin: &str, at: &str, doc: serde_yaml::Value, out: &mut Parsed) {
             Err(e) => out
                 .errors
                 .push(format!("{origin} {at}: EndpointSlice {name} skipped: {e}")),
+        },
+        "Node" => match serde_yaml::from_value::<Node>(doc) {
+            Ok(n) => out.nodes.push(n),
+            Err(e) => out
+                .errors
+                .push(format!("{origin} {at}: Node {name} skipped: {e}")),
         },
         // Other kinds (Pods, Deployments...) may share the files: not ours.
         _ => {}
@@ -168,6 +175,15 @@ impl DirState {
             .flat_map(|(_, p)| p.slices.iter().cloned())
             .collect()
     }
+
+    /// The Node object named `name`, if a file has one.
+    pub fn node(&self, name: &str) -> Option<Node> {
+        self.files
+            .values()
+            .flat_map(|(_, p)| p.nodes.iter())
+            .find(|n| n.metadata.name.as_deref() == Some(name))
+            .cloned()
+    }
 }
 
 /// Reads the directory once (for `render`): objects and the error lines.
@@ -178,7 +194,7 @@ pub fn load_once(dir: &Path) -> (Vec<Service>, Vec<EndpointSlice>, Vec<String>) 
 }
 
 /// Watches the directory, polling every `interval`, until the receiver goes away.
-pub async fn run(dir: PathBuf, interval: Duration, tx: mpsc::Sender<SourceMsg>) {
+pub async fn run(dir: PathBuf, node_name: String, interval: Duration, tx: mpsc::Sender<SourceMsg>) {
     let mut st = DirState::default();
     let mut first = true;
     loop {
@@ -198,10 +214,15 @@ pub async fn run(dir: PathBuf, interval: Duration, tx: mpsc::Sender<SourceMsg>) 
             tracing::error!("{e}");
         }
         if changed || first {
+            let node = st
+                .node(&node_name)
+                .map(|n| SourceMsg::Node(super::NodeInfo::of(&n)));
             let msgs = [
                 SourceMsg::Update(Update::ReplaceServices(st.services())),
                 SourceMsg::Update(Update::ReplaceSlices(st.slices())),
-            ];
+            ]
+            .into_iter()
+            .chain(node);
             for m in msgs {
                 if tx.send(m).await.is_err() {
                     return;

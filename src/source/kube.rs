@@ -5,7 +5,7 @@ use super::{Kind, SourceMsg, Update};
 use crate::model::build::SERVICE_PROXY_NAME_LABEL;
 use crate::model::ServiceKey;
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -28,8 +28,37 @@ fn key_of<K: Resource>(o: &K) -> ServiceKey {
     }
 }
 
-/// Runs both watches until the receiver goes away.
-pub async fn run(client: Client, service_proxy_name: Option<String>, tx: mpsc::Sender<SourceMsg>) {
+/// Runs the watches until the receiver goes away.
+pub async fn run(
+    client: Client,
+    service_proxy_name: Option<String>,
+    node_name: String,
+    tx: mpsc::Sender<SourceMsg>,
+) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node_cfg = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
+    let node_stream = watcher::watcher(nodes, node_cfg)
+        .default_backoff()
+        .applied_objects();
+    let node_tx = tx.clone();
+    tokio::spawn(async move {
+        futures::pin_mut!(node_stream);
+        let mut last: Option<super::NodeInfo> = None;
+        while let Some(n) = node_stream.next().await {
+            match n {
+                Ok(n) => {
+                    let info = super::NodeInfo::of(&n);
+                    if last.as_ref() != Some(&info) {
+                        last = Some(info.clone());
+                        if node_tx.send(SourceMsg::Node(info)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "node watch error; retrying"),
+            }
+        }
+    });
     let services: Api<Service> = Api::all(client.clone());
     let slices: Api<EndpointSlice> = Api::all(client);
     let svc_cfg =

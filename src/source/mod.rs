@@ -12,6 +12,40 @@ pub enum SourceMsg {
     Update(Update),
     /// The source delivered its complete initial state for a kind.
     Synced(Kind),
+    /// What this node's Node object says.
+    Node(NodeInfo),
+}
+
+/// The parts of this node's Node object the proxy uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// `topology.kubernetes.io/zone` label.
+    pub zone: Option<String>,
+    /// False while the node is being deleted (or drained by the autoscaler):
+    /// `/healthz` then fails so load balancers stop sending traffic here.
+    pub eligible: bool,
+}
+
+impl NodeInfo {
+    pub fn of(node: &k8s_openapi::api::core::v1::Node) -> Self {
+        let zone = node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("topology.kubernetes.io/zone"))
+            .filter(|z| !z.is_empty())
+            .cloned();
+        let deleting = node.metadata.deletion_timestamp.is_some();
+        let to_be_deleted = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|t| t.iter().any(|t| t.key == "ToBeDeletedByClusterAutoscaler"));
+        NodeInfo {
+            zone,
+            eligible: !deleting && !to_be_deleted,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -161,6 +161,7 @@ mod tests {
             external_policy_local: false,
             internal_policy_local: false,
             health_check_node_port: None,
+            topology_zone: None,
             endpoints: eps
                 .iter()
                 .map(|ip| Endpoint {

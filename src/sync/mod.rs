@@ -5,13 +5,23 @@
 pub mod conntrack;
 pub mod model;
 
-use crate::backend::{Backend, ScanResult};
-use crate::model::{NodeContext, ServicePortKey};
-use crate::source::{Kind, SourceMsg, Store};
+use crate::backend::{Backend, ScanResult, SyncStats};
+use crate::hcnode::{self, HcServers};
+use crate::http::Shared;
+use crate::metrics::{PolicyLabel, TableLabel};
+use crate::model::{categorize, NodeContext, ServicePortKey};
+use crate::source::{Kind, SourceMsg, Store, Update};
 use model::{ModelCache, PortChange};
 use std::collections::{BTreeSet, HashSet};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
+
+/// Annotation with the time of the change that triggered an EndpointSlice update.
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// Publishes a Warning event about this node (reason, message).
+pub type EventSink = Arc<dyn Fn(&'static str, String) + Send + Sync>;
 
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
@@ -32,6 +42,12 @@ impl Default for SyncConfig {
             conntrack: true,
         }
     }
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// Backoff after `failures` consecutive failed syncs.
@@ -56,6 +72,13 @@ struct Loop {
     not_before: Instant,
     failures: u32,
     scanned: bool,
+    shared: Arc<Shared>,
+    hc: HcServers,
+    /// Trigger times of changes not yet in the kernel.
+    triggers: Vec<SystemTime>,
+    pending_services: usize,
+    pending_endpoints: usize,
+    events: Option<EventSink>,
 }
 
 impl Loop {
@@ -80,17 +103,64 @@ impl Loop {
             SourceMsg::Synced(k) => {
                 self.synced.insert(k);
             }
+            SourceMsg::Node(info) => {
+                self.shared.health.set_node_eligible(info.eligible);
+                if self.model.node.zone != info.zone {
+                    tracing::info!(zone = ?info.zone, "node zone changed; recomputing topology-aware services");
+                    self.model.node.zone = info.zone;
+                    let all: BTreeSet<_> = self.store.service_keys().cloned().collect();
+                    self.rebuild(&all);
+                }
+            }
             SourceMsg::Update(u) => {
+                let is_slice = matches!(
+                    u,
+                    Update::Slice(_) | Update::SliceDeleted(_) | Update::ReplaceSlices(_)
+                );
+                if let Update::Slice(s) = &u {
+                    let trigger = s
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION));
+                    if let Some(t) = trigger.and_then(|t| humantime::parse_rfc3339_weak(t).ok()) {
+                        self.triggers.push(t);
+                    }
+                }
                 let dirty = self.store.apply(u);
                 if dirty.is_empty() {
                     return;
                 }
-                let r = self.model.rebuild(&self.store, &dirty);
+                let m = &self.shared.metrics;
+                if is_slice {
+                    m.endpoint_changes.inc_by(dirty.len() as u64);
+                    self.pending_endpoints += dirty.len();
+                } else {
+                    m.service_changes.inc_by(dirty.len() as u64);
+                    self.pending_services += dirty.len();
+                }
+                m.endpoint_changes_pending
+                    .set(self.pending_endpoints as i64);
+                m.service_changes_pending.set(self.pending_services as i64);
+                self.rebuild(&dirty);
+            }
+        }
+    }
+
+    fn rebuild(&mut self, dirty: &BTreeSet<crate::model::ServiceKey>) {
+        {
+            {
+                let r = self.model.rebuild(&self.store, dirty);
                 for e in &r.errors {
                     tracing::error!("{e}");
                 }
                 for w in &r.warnings {
                     tracing::warn!("{w}");
+                }
+                if !r.changed.is_empty() {
+                    let now = SystemTime::now();
+                    self.shared.health.queued(now);
+                    self.shared.metrics.last_queued_timestamp.set(unix(now));
                 }
                 self.pending.extend(r.changed);
                 if self.cfg.conntrack {
@@ -98,6 +168,59 @@ impl Loop {
                 }
             }
         }
+    }
+
+    /// Metrics, health and health-check servers after a successful sync.
+    fn after_success(&mut self, stats: &SyncStats, took: Duration) {
+        let now = SystemTime::now();
+        self.shared.health.updated(now);
+        let m = &self.shared.metrics;
+        m.sync_duration.observe(took.as_secs_f64());
+        if stats.full {
+            m.full_sync_duration.observe(took.as_secs_f64());
+        } else {
+            m.partial_sync_duration.observe(took.as_secs_f64());
+        }
+        m.last_sync_timestamp.set(unix(now));
+        for (table, n) in &stats.table_rules {
+            m.rules
+                .get_or_create(&TableLabel {
+                    table: table.clone(),
+                })
+                .set(*n as i64);
+        }
+        for t in self.triggers.drain(..) {
+            if let Ok(d) = now.duration_since(t) {
+                m.network_programming.observe(d.as_secs_f64());
+            }
+        }
+        self.pending_services = 0;
+        self.pending_endpoints = 0;
+        m.endpoint_changes_pending.set(0);
+        m.service_changes_pending.set(0);
+        let ports = &self.model.ports;
+        m.service_ports.set(ports.len() as i64);
+        m.endpoints
+            .set(ports.values().map(|p| p.endpoints.len() as i64).sum());
+        let (mut internal, mut external) = (0, 0);
+        for sp in ports.values() {
+            let c = categorize(sp);
+            if c.has_any && c.local.is_empty() {
+                internal += i64::from(sp.internal_policy_local);
+                external += i64::from(sp.external_local());
+            }
+        }
+        m.no_local_endpoints
+            .get_or_create(&PolicyLabel {
+                traffic_policy: "internal".into(),
+            })
+            .set(internal);
+        m.no_local_endpoints
+            .get_or_create(&PolicyLabel {
+                traffic_policy: "external".into(),
+            })
+            .set(external);
+        self.hc.apply(hcnode::desired(ports));
     }
 
     fn sync(&mut self) {
@@ -125,6 +248,7 @@ impl Loop {
                     ms = started.elapsed().as_millis() as u64,
                     "synced"
                 );
+                self.after_success(&stats, started.elapsed());
                 self.pending.clear();
                 self.need_full = false;
                 self.cleanup_pending = false;
@@ -142,8 +266,15 @@ impl Loop {
             }
             Err(e) => {
                 self.failures += 1;
+                self.shared.metrics.sync_failures.inc();
+                if self.backend.name() == "iptables" {
+                    self.shared.metrics.restore_failures.inc();
+                }
                 let wait = backoff(self.failures, self.cfg.min_sync_period);
                 if self.failures == 1 {
+                    if let Some(ev) = &self.events {
+                        ev("SyncProxyRulesFailed", format!("kube-proxy-rs: {e:#}"));
+                    }
                     tracing::error!(error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "sync failed; rules in the kernel are left as they were; retrying with a full sync");
                 } else {
                     tracing::debug!(error = %format!("{e:#}"), failures = self.failures, "sync failed again");
@@ -161,6 +292,8 @@ pub async fn run(
     mut rx: mpsc::Receiver<SourceMsg>,
     node: NodeContext,
     cfg: SyncConfig,
+    shared: Arc<Shared>,
+    events: Option<EventSink>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let mut lp = Loop {
@@ -177,6 +310,12 @@ pub async fn run(
         not_before: Instant::now(),
         failures: 0,
         scanned: false,
+        hc: HcServers::new(shared.clone()),
+        shared,
+        triggers: Vec::new(),
+        pending_services: 0,
+        pending_endpoints: 0,
+        events,
         cfg,
     };
     let mut tick = tokio::time::interval(lp.cfg.sync_period);

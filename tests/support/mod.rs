@@ -231,6 +231,11 @@ impl Lab {
 
     /// Starts the real binary in the node namespace against the dir: source.
     pub fn start_proxy(&mut self, extra: &[&str]) {
+        self.start_proxy_env(extra, &[]);
+    }
+
+    /// Same, with extra environment variables (e.g. a PATH with fault injectors).
+    pub fn start_proxy_env(&mut self, extra: &[&str], envs: &[(&str, String)]) {
         assert!(self.proxy.is_none(), "proxy already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -253,6 +258,7 @@ impl Lab {
                 "0s",
             ])
             .args(extra)
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -349,6 +355,27 @@ pub fn curl(ns: &str, url: &str, timeout_s: u32) -> Result<String, i32> {
     } else {
         Err(out.status.code().unwrap_or(-1))
     }
+}
+
+/// GET from a namespace: (HTTP status, body); status 0 when nothing answered.
+pub fn http_get(ns: &str, url: &str) -> (u16, String) {
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "curl",
+        "-s",
+        "-g",
+        "--max-time",
+        "2",
+        "-w",
+        "\n%{http_code}",
+        url,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 /// `n` requests; returns how often each answer's first word ("pod:port") came back.

@@ -1,0 +1,210 @@
+//! Health, metrics, healthCheckNodePort servers and node awareness, against the
+//! real binary in a network namespace. Needs root; skips otherwise.
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(15);
+const HEALTHZ: &str = "http://127.0.0.1:10256";
+const METRICS: &str = "http://127.0.0.1:10249/metrics";
+
+fn web(ep: &str, node: &str) -> String {
+    service(
+        "web",
+        "{clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080}]}",
+    ) + &slice("web-1", "web", "[{port: 8080}]", &[(ep, node)])
+}
+
+fn metric(ns: &str, name: &str) -> f64 {
+    let (code, body) = http_get(ns, METRICS);
+    assert_eq!(code, 200);
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("metrics parse as Prometheus text");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[test]
+fn healthz_livez_and_metrics_follow_syncs_and_failures() {
+    require_kernel!();
+    let mut lab = Lab::new();
+    lab.add_pod("pod0", 10, &[8080], &[]);
+    lab.add_pod("pod1", 11, &[8080], &[]);
+    lab.write("web.yaml", &web("10.244.1.10", NODE_NAME));
+    // Fault injection: an iptables-restore that fails while a flag file exists.
+    let fake = lab.dir.path().join("bin");
+    std::fs::create_dir(&fake).unwrap();
+    let flag = lab.dir.path().join("fail-restores");
+    let real = must(&["sh", "-c", "command -v iptables-restore"])
+        .trim()
+        .to_string();
+    let script = format!(
+        "#!/bin/sh\n[ -e {} ] && {{ echo 'injected failure' >&2; exit 1; }}\nexec {real} \"$@\"\n",
+        flag.display()
+    );
+    std::fs::write(fake.join("iptables-restore"), script).unwrap();
+    must(&["chmod", "+x", &path_str(&fake.join("iptables-restore"))]);
+    let path = format!(
+        "{}:{}",
+        fake.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    lab.start_proxy_env(&["--sync-period", "1s"], &[("PATH", path)]);
+    let node = lab.node.clone();
+    wait_until("ClusterIP answers", WAIT, || {
+        curl(&node, "http://10.96.0.10/", 1).is_ok()
+    });
+
+    let (code, body) = http_get(&node, &format!("{HEALTHZ}/healthz"));
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("\"lastUpdated\": \"20") && body.contains("\"nodeEligible\": true"),
+        "{body}"
+    );
+    assert_eq!(http_get(&node, &format!("{HEALTHZ}/livez")).0, 200);
+    assert!(metric(&node, "kubeproxy_sync_proxy_rules_last_timestamp_seconds") > 1.7e9);
+    assert!(metric(&node, "kubeproxy_sync_proxy_rules_iptables_total") > 5.0);
+    assert_eq!(metric(&node, "kube_proxy_rs_service_ports"), 1.0);
+    let syncs = metric(&node, "kubeproxy_sync_proxy_rules_duration_seconds_count");
+    let changes = metric(&node, "kubeproxy_sync_proxy_rules_endpoint_changes_total");
+    assert!(syncs >= 1.0);
+    assert_eq!(
+        http_get(&node, "http://127.0.0.1:10249/proxyMode").1,
+        "iptables"
+    );
+
+    // An endpoint change moves the counters.
+    lab.write("web.yaml", &web("10.244.1.11", NODE_NAME));
+    wait_until("pod1 answers", WAIT, || {
+        curl(&node, "http://10.96.0.10/", 1).is_ok_and(|b| b.starts_with("pod1"))
+    });
+    assert!(metric(&node, "kubeproxy_sync_proxy_rules_duration_seconds_count") > syncs);
+    assert!(metric(&node, "kubeproxy_sync_proxy_rules_endpoint_changes_total") > changes);
+
+    // The kernel side fails: rules stay, health goes 503 after 2 x sync period.
+    std::fs::write(&flag, "").unwrap();
+    lab.write("web.yaml", &web("10.244.1.10", NODE_NAME));
+    wait_until("/livez fails", WAIT, || {
+        http_get(&node, &format!("{HEALTHZ}/livez")).0 == 503
+    });
+    assert_eq!(http_get(&node, &format!("{HEALTHZ}/healthz")).0, 503);
+    assert!(
+        curl(&node, "http://10.96.0.10/", 1).is_ok(),
+        "old rules still serve"
+    );
+    assert!(metric(&node, "kube_proxy_rs_sync_failures_total") >= 1.0);
+    assert!(
+        metric(
+            &node,
+            "kubeproxy_sync_proxy_rules_iptables_restore_failures_total"
+        ) >= 1.0
+    );
+    assert_eq!(
+        lab.log()
+            .matches("sync failed; rules in the kernel are left")
+            .count(),
+        1,
+        "logged once per episode"
+    );
+    // The fault clears: the retry goes through and health recovers.
+    std::fs::remove_file(&flag).unwrap();
+    wait_until("/healthz recovers", WAIT, || {
+        http_get(&node, &format!("{HEALTHZ}/healthz")).0 == 200
+    });
+    wait_until("pod0 answers again", WAIT, || {
+        curl(&node, "http://10.96.0.10/", 1).is_ok_and(|b| b.starts_with("pod0"))
+    });
+    assert!(lab.log().contains("sync recovered"));
+}
+
+#[test]
+fn health_check_node_port_follows_local_endpoints() {
+    require_kernel!();
+    let mut lab = Lab::new();
+    lab.add_pod("pod0", 10, &[8080], &[]);
+    let lb = |node: &str| {
+        service(
+            "lb",
+            "{type: LoadBalancer, clusterIP: 10.96.0.20, externalTrafficPolicy: Local, healthCheckNodePort: 32100, ports: [{port: 80, targetPort: 8080, nodePort: 30100}]}",
+        ) + &slice("lb-1", "lb", "[{port: 8080}]", &[("10.244.1.10", node)])
+    };
+    lab.write("lb.yaml", &lb(NODE_NAME));
+    lab.start_proxy(&[]);
+    let node = lab.node.clone();
+    let client = lab.client.clone();
+    let url = format!("http://{NODE_IP}:32100/");
+    wait_until("health check port answers 200", WAIT, || {
+        http_get(&client, &url).0 == 200
+    });
+    let (_, body) = http_get(&client, &url);
+    assert_eq!(body, "{\"service\": {\"namespace\": \"test\", \"name\": \"lb\"}, \"localEndpoints\": 1, \"serviceProxyHealthy\": true}");
+    // The endpoint moves to another node: 503, and external traffic is dropped here.
+    lab.write("lb.yaml", &lb("node-b"));
+    wait_until("health check port answers 503", WAIT, || {
+        http_get(&client, &url).0 == 503
+    });
+    assert!(http_get(&client, &url).1.contains("\"localEndpoints\": 0"));
+    // The Service goes away: the port closes.
+    lab.remove("lb.yaml");
+    wait_until("health check port closed", WAIT, || {
+        http_get(&node, "http://127.0.0.1:32100/").0 == 0
+    });
+}
+
+#[test]
+fn node_object_drives_eligibility_and_topology() {
+    require_kernel!();
+    let mut lab = Lab::new();
+    lab.add_pod("pod0", 10, &[8080], &[]);
+    lab.add_pod("pod1", 11, &[8080], &[]);
+    let node_obj = |zone: &str, deleting: bool| {
+        let del = if deleting {
+            ", deletionTimestamp: \"2026-01-01T00:00:00Z\", finalizers: [x]"
+        } else {
+            ""
+        };
+        format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {NODE_NAME}, labels: {{topology.kubernetes.io/zone: {zone}}}{del}}}\n")
+    };
+    let svc = service("near", "{clusterIP: 10.96.0.30, trafficDistribution: PreferClose, ports: [{port: 80, targetPort: 8080}]}")
+        + "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: near-1, namespace: test, labels: {kubernetes.io/service-name: near}}\naddressType: IPv4\nports: [{port: 8080}]\nendpoints:\n- {addresses: [10.244.1.10], zone: zone-a, hints: {forZones: [{name: zone-a}]}}\n- {addresses: [10.244.1.11], zone: zone-b, hints: {forZones: [{name: zone-b}]}}\n";
+    lab.write("near.yaml", &svc);
+    lab.write("node.yaml", &node_obj("zone-a", false));
+    lab.start_proxy(&[]);
+    let node = lab.node.clone();
+    wait_until("service answers", WAIT, || {
+        curl(&node, "http://10.96.0.30/", 1).is_ok()
+    });
+    let hits = spread(&node, "http://10.96.0.30/", 20);
+    assert_eq!(
+        hits.get("pod0:8080"),
+        Some(&20),
+        "zone-a hints only: {hits:?}"
+    );
+    // The node moves to zone-b: traffic follows the hints.
+    lab.write("node.yaml", &node_obj("zone-b", false));
+    wait_until("zone-b endpoint used", WAIT, || {
+        spread(&node, "http://10.96.0.30/", 5).get("pod1:8080") == Some(&5)
+    });
+    // The node is being deleted: /healthz fails, /livez does not.
+    lab.write("node.yaml", &node_obj("zone-b", true));
+    wait_until("/healthz 503", WAIT, || {
+        http_get(&node, &format!("{HEALTHZ}/healthz")).0 == 503
+    });
+    let (code, body) = http_get(&node, &format!("{HEALTHZ}/healthz"));
+    assert!(
+        code == 503 && body.contains("\"nodeEligible\": false"),
+        "{body}"
+    );
+    assert_eq!(http_get(&node, &format!("{HEALTHZ}/livez")).0, 200);
+}
