@@ -69,10 +69,10 @@ pub struct Flags {
     #[arg(long, value_name = "CIDR[,CIDR]")]
     pub nodeport_addresses: Option<String>,
     /// How often rules are checked and repaired (e.g. 30s, 1m).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, alias = "iptables-sync-period", alias = "ipvs-sync-period")]
     pub sync_period: Option<Duration>,
     /// Minimum interval between rule syncs; bursts of changes are coalesced (e.g. 1s, 0s).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, alias = "iptables-min-sync-period", alias = "ipvs-min-sync-period")]
     pub min_sync_period: Option<Duration>,
     /// Where objects come from: `apiserver` (default) or `dir:PATH` (YAML/JSON files).
     #[arg(long)]
@@ -108,7 +108,7 @@ pub struct Flags {
     #[arg(short = 'v', long = "v", value_name = "LEVEL")]
     pub verbosity: Option<u8>,
     /// Log format: text or json.
-    #[arg(long)]
+    #[arg(long, alias = "logging-format")]
     pub log_format: Option<String>,
 }
 

@@ -139,6 +139,21 @@ pub struct KubeProxyConfiguration {
 
 pub const API_VERSION: &str = "kubeproxy.config.k8s.io/v1alpha1";
 
+/// A YAML value that only holds defaults: null, "", 0, "0", "0s", false, or
+/// maps/lists of those.
+fn is_zero(v: &serde_yaml::Value) -> bool {
+    use serde_yaml::Value;
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty() || s == "0" || s == "0s",
+        Value::Sequence(seq) => seq.iter().all(is_zero),
+        Value::Mapping(m) => m.values().all(is_zero),
+        Value::Tagged(t) => is_zero(&t.value),
+    }
+}
+
 impl KubeProxyConfiguration {
     pub fn parse(text: &str) -> Result<Self> {
         let cfg: KubeProxyConfiguration =
@@ -153,7 +168,93 @@ impl KubeProxyConfiguration {
                 bail!("unsupported kind {k:?} (expected KubeProxyConfiguration)");
             }
         }
-        Ok(cfg)
+        Ok(cfg.normalized())
+    }
+
+    /// Zero values mean "use the default", as upstream's defaulting treats them
+    /// (kubeadm writes `syncPeriod: 0s`, `healthzBindAddress: ""`, ...).
+    fn normalized(mut self) -> Self {
+        fn s(v: &mut Option<String>) {
+            if v.as_deref().is_some_and(|x| x.trim().is_empty()) {
+                *v = None;
+            }
+        }
+        fn d(v: &mut Option<Duration>) {
+            if v.is_some_and(|x| x.is_zero()) {
+                *v = None;
+            }
+        }
+        fn f(v: &mut Option<bool>) {
+            if *v == Some(false) {
+                *v = None;
+            }
+        }
+        fn val(v: &mut Option<serde_yaml::Value>) {
+            if v.as_ref().is_some_and(is_zero) {
+                *v = None;
+            }
+        }
+        for x in [
+            &mut self.hostname_override,
+            &mut self.cluster_cidr,
+            &mut self.mode,
+            &mut self.detect_local_mode,
+            &mut self.bind_address,
+            &mut self.healthz_bind_address,
+            &mut self.metrics_bind_address,
+            &mut self.show_hidden_metrics_for_version,
+            &mut self.port_range,
+        ] {
+            s(x);
+        }
+        if matches!(self.bind_address.as_deref(), Some("0.0.0.0") | Some("::")) {
+            self.bind_address = None;
+        }
+        for x in [&mut self.sync_period, &mut self.min_sync_period, &mut self.config_sync_period] {
+            d(x);
+        }
+        for x in [&mut self.enable_profiling, &mut self.windows_run_as_service] {
+            f(x);
+        }
+        for x in [&mut self.nftables, &mut self.winkernel, &mut self.detect_local, &mut self.conntrack, &mut self.logging] {
+            val(x);
+        }
+        if self.oom_score_adj == Some(0) {
+            self.oom_score_adj = None;
+        }
+        if self.feature_gates.as_ref().is_some_and(|g| g.is_empty()) {
+            self.feature_gates = None;
+        }
+        if let Some(c) = &mut self.client_connection {
+            s(&mut c.kubeconfig);
+            s(&mut c.accept_content_types);
+            s(&mut c.content_type);
+            if c.qps == Some(0.0) {
+                c.qps = None;
+            }
+            if c.burst == Some(0) {
+                c.burst = None;
+            }
+        }
+        if let Some(i) = &mut self.iptables {
+            d(&mut i.sync_period);
+            d(&mut i.min_sync_period);
+        }
+        if let Some(i) = &mut self.ipvs {
+            d(&mut i.sync_period);
+            d(&mut i.min_sync_period);
+            d(&mut i.tcp_timeout);
+            d(&mut i.tcp_fin_timeout);
+            d(&mut i.udp_timeout);
+            s(&mut i.scheduler);
+            if i.exclude_cidrs.as_ref().is_some_and(|v| v.is_empty()) {
+                i.exclude_cidrs = None;
+            }
+        }
+        if self.node_port_addresses.as_ref().is_some_and(|v| v.is_empty()) {
+            self.node_port_addresses = None;
+        }
+        self
     }
 
     pub fn load(path: &std::path::Path) -> Result<Self> {
@@ -232,7 +333,7 @@ mod tests {
         assert_eq!(cfg.mode.as_deref(), Some("iptables"));
         assert_eq!(cfg.cluster_cidr.as_deref(), Some("10.244.0.0/16"));
         let ipt = cfg.iptables.as_ref().unwrap();
-        assert_eq!(ipt.min_sync_period, Some(Duration::ZERO));
+        assert_eq!(ipt.min_sync_period, None, "0s means the default, as upstream");
         assert_eq!(ipt.sync_period, Some(Duration::from_secs(30)));
         assert_eq!(cfg.ipvs.as_ref().unwrap().strict_arp, Some(true));
         assert!(cfg.unused_fields().is_empty());
@@ -249,10 +350,20 @@ mod tests {
     #[test]
     fn unused_fields_are_named() {
         let cfg = KubeProxyConfiguration::parse(
-            "enableProfiling: true\nmetricsBindAddress: 0.0.0.0:10249\nconntrack:\n  maxPerCore: 0\n",
+            "enableProfiling: true\nmetricsBindAddress: 0.0.0.0:10249\nconntrack:\n  maxPerCore: 4\n",
         )
         .unwrap();
         assert_eq!(cfg.unused_fields(), vec!["enableProfiling", "conntrack"]);
+    }
+
+    #[test]
+    fn kubeadm_written_config_is_accepted_with_upstream_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/config/kubeadm-1.33.yaml");
+        let cfg = KubeProxyConfiguration::load(std::path::Path::new(path)).unwrap();
+        assert!(cfg.unused_fields().is_empty(), "{:?}", cfg.unused_fields());
+        assert_eq!(cfg.iptables.as_ref().unwrap().min_sync_period, None, "0s means default");
+        assert_eq!(cfg.healthz_bind_address, None, "\"\" means default");
+        assert_eq!(cfg.cluster_cidr.as_deref(), Some("10.244.0.0/16"));
     }
 
     #[test]
