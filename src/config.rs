@@ -210,13 +210,23 @@ impl KubeProxyConfiguration {
         if matches!(self.bind_address.as_deref(), Some("0.0.0.0") | Some("::")) {
             self.bind_address = None;
         }
-        for x in [&mut self.sync_period, &mut self.min_sync_period, &mut self.config_sync_period] {
+        for x in [
+            &mut self.sync_period,
+            &mut self.min_sync_period,
+            &mut self.config_sync_period,
+        ] {
             d(x);
         }
         for x in [&mut self.enable_profiling, &mut self.windows_run_as_service] {
             f(x);
         }
-        for x in [&mut self.nftables, &mut self.winkernel, &mut self.detect_local, &mut self.conntrack, &mut self.logging] {
+        for x in [
+            &mut self.nftables,
+            &mut self.winkernel,
+            &mut self.detect_local,
+            &mut self.conntrack,
+            &mut self.logging,
+        ] {
             val(x);
         }
         if self.oom_score_adj == Some(0) {
@@ -251,7 +261,11 @@ impl KubeProxyConfiguration {
                 i.exclude_cidrs = None;
             }
         }
-        if self.node_port_addresses.as_ref().is_some_and(|v| v.is_empty()) {
+        if self
+            .node_port_addresses
+            .as_ref()
+            .is_some_and(|v| v.is_empty())
+        {
             self.node_port_addresses = None;
         }
         self
@@ -333,7 +347,10 @@ mod tests {
         assert_eq!(cfg.mode.as_deref(), Some("iptables"));
         assert_eq!(cfg.cluster_cidr.as_deref(), Some("10.244.0.0/16"));
         let ipt = cfg.iptables.as_ref().unwrap();
-        assert_eq!(ipt.min_sync_period, None, "0s means the default, as upstream");
+        assert_eq!(
+            ipt.min_sync_period, None,
+            "0s means the default, as upstream"
+        );
         assert_eq!(ipt.sync_period, Some(Duration::from_secs(30)));
         assert_eq!(cfg.ipvs.as_ref().unwrap().strict_arp, Some(true));
         assert!(cfg.unused_fields().is_empty());
@@ -358,10 +375,17 @@ mod tests {
 
     #[test]
     fn kubeadm_written_config_is_accepted_with_upstream_defaults() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/config/kubeadm-1.33.yaml");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/config/kubeadm-1.33.yaml"
+        );
         let cfg = KubeProxyConfiguration::load(std::path::Path::new(path)).unwrap();
         assert!(cfg.unused_fields().is_empty(), "{:?}", cfg.unused_fields());
-        assert_eq!(cfg.iptables.as_ref().unwrap().min_sync_period, None, "0s means default");
+        assert_eq!(
+            cfg.iptables.as_ref().unwrap().min_sync_period,
+            None,
+            "0s means default"
+        );
         assert_eq!(cfg.healthz_bind_address, None, "\"\" means default");
         assert_eq!(cfg.cluster_cidr.as_deref(), Some("10.244.0.0/16"));
     }

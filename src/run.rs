@@ -4,7 +4,7 @@ use crate::backend::Backend;
 use crate::cli::{Flags, ProxyMode, RenderArgs, Settings};
 use crate::health::Health;
 use crate::http::{self, Shared};
-use crate::iptables::apply::{Kernel, SystemIptables};
+use crate::iptables::apply::{detect_flavor, IptablesFlavor, Kernel, SystemIptables};
 use crate::iptables::backend::KernelFactory;
 use crate::iptables::render::{jumps, render_full};
 use crate::iptables::{IptablesBackend, RenderConfig};
@@ -72,7 +72,16 @@ pub fn render_configs(s: &Settings, local_ips: &[std::net::IpAddr]) -> Vec<Rende
 }
 
 fn kernel_factory(s: &Settings) -> KernelFactory {
-    let flavor = s.iptables_flavor;
+    let mut flavor = s.iptables_flavor;
+    if flavor == IptablesFlavor::Auto {
+        flavor = detect_flavor();
+        if flavor != IptablesFlavor::Auto {
+            tracing::info!(
+                ?flavor,
+                "following the iptables mode kubelet uses on this node"
+            );
+        }
+    }
     Arc::new(move || Box::new(SystemIptables::new(flavor)) as Box<dyn Kernel>)
 }
 

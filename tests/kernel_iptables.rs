@@ -554,3 +554,59 @@ fn legacy_iptables_backend_works_too() {
     );
     assert!(!lab.save(false, "nat").contains("KUBE-"));
 }
+
+#[test]
+fn auto_mode_follows_kubelets_iptables_mode() {
+    require_kernel!();
+    if run(&[
+        "sh",
+        "-c",
+        "command -v iptables-legacy && iptables-legacy-save -t mangle",
+    ])
+    .status
+    .code()
+        != Some(0)
+    {
+        eprintln!("SKIPPED: iptables-legacy not usable here");
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.flavor = "-legacy".into();
+    // kubelet's hint chain, in legacy mode: the proxy must write there too.
+    let out = lab.in_ns(
+        &lab.node.clone(),
+        &[
+            "iptables-legacy",
+            "-t",
+            "mangle",
+            "-N",
+            "KUBE-IPTABLES-HINT",
+        ],
+    );
+    assert!(out.status.success());
+    lab.add_pod("pod0", 10, &[8080], &[]);
+    lab.write(
+        "web.yaml",
+        &(service(
+            "web",
+            "{clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080}]}",
+        ) + &slice(
+            "web-1",
+            "web",
+            "[{port: 8080}]",
+            &[("10.244.1.10", NODE_NAME)],
+        )),
+    );
+    lab.start_proxy(&[]);
+    let node = lab.node.clone();
+    wait_until("ClusterIP answers", WAIT, || {
+        curl(&node, "http://10.96.0.10/", 1).is_ok()
+    });
+    assert!(
+        lab.save(false, "nat").contains("test/web cluster IP"),
+        "rules in legacy tables"
+    );
+    assert!(lab
+        .log()
+        .contains("following the iptables mode kubelet uses"));
+}

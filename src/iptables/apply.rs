@@ -188,6 +188,32 @@ impl Kernel for SystemIptables {
     }
 }
 
+/// Resolves `auto` the way upstream's iptables-wrapper does: the mode whose
+/// mangle table already holds kubelet's hint chains wins, so the proxy writes
+/// where the node's other Kubernetes rules are; otherwise the host default.
+pub fn detect_flavor() -> IptablesFlavor {
+    let has_hint = |bin: &str| {
+        Command::new(bin)
+            .args(["-t", "mangle"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| {
+                let text = String::from_utf8_lossy(&o.stdout);
+                text.contains("KUBE-IPTABLES-HINT") || text.contains("KUBE-KUBELET-CANARY")
+            })
+            .unwrap_or(false)
+    };
+    match (
+        has_hint("iptables-nft-save"),
+        has_hint("iptables-legacy-save"),
+    ) {
+        (false, true) => IptablesFlavor::Legacy,
+        (true, false) => IptablesFlavor::Nft,
+        _ => IptablesFlavor::Auto,
+    }
+}
+
 /// Chain names declared in an `iptables-save` dump (`:NAME POLICY [p:b]`).
 pub fn declared_chains(save: &str) -> Vec<String> {
     save.lines()
