@@ -44,6 +44,15 @@ impl Default for SyncConfig {
     }
 }
 
+/// Big syncs and scans free large buffers; hand them back to the OS so RSS
+/// reflects what is in use (glibc keeps freed heap otherwise).
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only releases free memory held by the allocator.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn unix(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -254,6 +263,7 @@ impl Loop {
                 self.cleanup_pending = false;
                 if full {
                     self.last_full = self.last_sync;
+                    release_freed_memory();
                 }
                 let flushes: Vec<_> = self
                     .changes
@@ -352,7 +362,9 @@ pub async fn run(
                 scan_rx = None;
                 match res {
                     Ok(Ok(result)) => {
-                        if lp.backend.apply_scan(result) {
+                        let stale = lp.backend.apply_scan(result);
+                        release_freed_memory();
+                        if stale {
                             tracing::info!("found rules left by an earlier run that no service owns; removing them");
                             lp.cleanup_pending = true;
                         }
