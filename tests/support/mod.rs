@@ -442,3 +442,135 @@ pub fn slice(name: &str, service: &str, ports: &str, endpoints: &[(&str, &str)])
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// Makes `127.0.0.1:port` inside namespace `ns` reach `127.0.0.1:port` of the
+/// test's own namespace (where the API server listens), like a node reaching its
+/// control plane. A listener thread binds inside `ns`, then serves from here.
+pub fn forward_into_netns(ns: &str, port: u16) {
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+    let target = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let home = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
+        // SAFETY: setns on this thread only, with valid namespace fds.
+        unsafe { assert_eq!(libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET), 0) };
+        let listener = TcpListener::bind(("127.0.0.1", port));
+        unsafe { assert_eq!(libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET), 0) };
+        let listener = listener.unwrap();
+        tx.send(()).unwrap();
+        for conn in listener.incoming() {
+            let Ok(inbound) = conn else { continue };
+            let Ok(outbound) = TcpStream::connect(("127.0.0.1", port)) else {
+                continue;
+            };
+            let (mut a, mut b) = (inbound.try_clone().unwrap(), outbound.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut a, &mut b);
+                let _ = b.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut a, mut b) = (outbound, inbound);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut a, &mut b);
+                let _ = b.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    rx.recv().unwrap();
+}
+
+/// A control plane from scripts/k8s (etcd + kube-apiserver on loopback).
+pub struct ControlPlane {
+    pub dir: tempfile::TempDir,
+    pub server: String,
+    pub port: u16,
+    pub bin: PathBuf,
+}
+
+impl ControlPlane {
+    /// None (with the reason) when the binaries are not built.
+    pub fn start(with_controller_manager: bool) -> Result<ControlPlane, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let script = root().join("scripts/k8s/controlplane.sh");
+        let mut args = vec![path_str(&script), "start".into(), path_str(dir.path())];
+        if with_controller_manager {
+            args.push("--with-controller-manager".into());
+        }
+        let out = Command::new("bash")
+            .args(&args)
+            .env("KPRS_NO_BUILD", "1")
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return Err(format!(
+                "control plane did not start: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let env = std::fs::read_to_string(dir.path().join("env")).unwrap();
+        let get = |k: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {k}=")))
+                .unwrap()
+                .to_string()
+        };
+        let server = get("KPRS_APISERVER");
+        let port = server.rsplit(':').next().unwrap().parse().unwrap();
+        Ok(ControlPlane {
+            server,
+            port,
+            bin: PathBuf::from(get("KPRS_K8S_BIN")),
+            dir,
+        })
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("admin.kubeconfig")
+    }
+
+    /// kubectl with the admin credentials.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(self.bin.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A kubeconfig for the same server with another bearer token.
+    pub fn kubeconfig_with_token(&self, name: &str, token: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        let text = std::fs::read_to_string(self.kubeconfig()).unwrap();
+        let admin = text
+            .lines()
+            .find_map(|l| l.split("token: \"").nth(1))
+            .unwrap()
+            .trim_end_matches("\"}");
+        std::fs::write(&path, text.replace(admin, token)).unwrap();
+        path
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let script = root().join("scripts/k8s/controlplane.sh");
+        let _ = Command::new("bash")
+            .arg(script)
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
+    }
+}
