@@ -1,2 +1,5 @@
-//! The IPVS backend (`--proxy-mode ipvs`) lives here; see issue "IPVS backend".
-//! Until it lands, selecting ipvs mode is refused with a clear error at startup.
+//! The IPVS backend (`--proxy-mode ipvs`). The netlink wire format is in
+//! [`wire`] (pure, byte-tested). Selecting ipvs mode is refused with a clear
+//! error at startup until the backend's applier and its QEMU-guest tests land.
+
+pub mod wire;
