@@ -1,0 +1,421 @@
+//! Model -> desired IPVS state (pure): virtual servers with their real servers,
+//! and the addresses to bind on kube-ipvs0. Then the diff against what the
+//! kernel holds, with graceful draining of removed real servers.
+
+use super::wire::{DestStats, Destination, ServiceId, VirtualServer};
+use crate::model::{categorize, Endpoint, Family, ServicePort};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// Knobs for one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpvsConfig {
+    pub scheduler: String,
+    /// Node addresses NodePorts are served on.
+    pub node_ips: Vec<IpAddr>,
+    /// How long a removed real server may drain (weight 0) before deletion.
+    pub drain_timeout: Duration,
+}
+
+/// Desired state of one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub services: BTreeMap<ServiceId, (VirtualServer, BTreeSet<Destination>)>,
+    /// VIPs to bind as /32 (/128) on kube-ipvs0.
+    pub addresses: BTreeSet<IpAddr>,
+}
+
+fn dests(eps: &[&Endpoint]) -> BTreeSet<Destination> {
+    eps.iter()
+        .map(|e| Destination {
+            addr: e.ip,
+            port: e.port,
+            weight: 1,
+        })
+        .collect()
+}
+
+/// Builds the desired state from all service ports.
+pub fn desired<'a>(ports: impl IntoIterator<Item = &'a ServicePort>, cfg: &IpvsConfig) -> Desired {
+    let mut d = Desired::default();
+    for sp in ports {
+        let Some(cip) = sp.cluster_ip else { continue };
+        let c = categorize(sp);
+        let internal = if sp.internal_policy_local {
+            &c.local
+        } else {
+            &c.cluster
+        };
+        let external = if sp.external_policy_local {
+            &c.local
+        } else {
+            &c.cluster
+        };
+        let vs = |addr: IpAddr, port: u16| VirtualServer {
+            id: ServiceId {
+                addr,
+                protocol: sp.key.protocol,
+                port,
+            },
+            scheduler: cfg.scheduler.clone(),
+            persistence: sp.affinity_timeout,
+        };
+        let mut add = |v: VirtualServer, eps: &[&Endpoint]| {
+            d.services.insert(v.id.clone(), (v, dests(eps)));
+        };
+        add(vs(cip, sp.port), internal);
+        d.addresses.insert(cip);
+        for ip in sp.external_ips.iter().chain(&sp.load_balancer_ips) {
+            add(vs(*ip, sp.port), external);
+            d.addresses.insert(*ip);
+        }
+        if let Some(np) = sp.node_port {
+            for ip in cfg
+                .node_ips
+                .iter()
+                .filter(|ip| Family::of(ip) == sp.key.family)
+            {
+                add(vs(*ip, np), external);
+            }
+        }
+    }
+    d
+}
+
+/// What the kernel holds for one virtual server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Current {
+    pub vs: VirtualServer,
+    pub dests: Vec<(Destination, DestStats)>,
+}
+
+/// One change to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    AddService(VirtualServer),
+    UpdateService(VirtualServer),
+    DelService(ServiceId),
+    AddDest(ServiceId, Destination),
+    UpdateDest(ServiceId, Destination),
+    DelDest(ServiceId, Destination),
+}
+
+/// Real servers being drained, and since when (kept across syncs; after a
+/// restart, weight-0 strangers start their timer when first seen).
+pub type Draining = BTreeMap<(ServiceId, IpAddr, u16), Instant>;
+
+/// Computes the operations that turn `current` into `desired`. Only virtual
+/// servers for which `owned` holds are ever deleted.
+pub fn diff(
+    current: &BTreeMap<ServiceId, Current>,
+    desired: &Desired,
+    draining: &mut Draining,
+    now: Instant,
+    drain_timeout: Duration,
+    owned: impl Fn(&ServiceId) -> bool,
+) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for (id, (vs, want)) in &desired.services {
+        let Some(cur) = current.get(id) else {
+            ops.push(Op::AddService(vs.clone()));
+            ops.extend(want.iter().map(|d| Op::AddDest(id.clone(), d.clone())));
+            continue;
+        };
+        if cur.vs != *vs {
+            ops.push(Op::UpdateService(vs.clone()));
+        }
+        for d in want {
+            draining.remove(&(id.clone(), d.addr, d.port));
+            match cur
+                .dests
+                .iter()
+                .find(|(c, _)| c.addr == d.addr && c.port == d.port)
+            {
+                None => ops.push(Op::AddDest(id.clone(), d.clone())),
+                Some((c, _)) if c.weight != d.weight => {
+                    ops.push(Op::UpdateDest(id.clone(), d.clone()))
+                }
+                Some(_) => {}
+            }
+        }
+        for (c, stats) in &cur.dests {
+            if want.iter().any(|d| d.addr == c.addr && d.port == c.port) {
+                continue;
+            }
+            let key = (id.clone(), c.addr, c.port);
+            let since = *draining.entry(key.clone()).or_insert(now);
+            let idle = stats.active == 0 && stats.inactive == 0;
+            if c.weight > 0 && !idle {
+                ops.push(Op::UpdateDest(
+                    id.clone(),
+                    Destination {
+                        weight: 0,
+                        ..c.clone()
+                    },
+                ));
+            } else if idle || now.duration_since(since) >= drain_timeout {
+                ops.push(Op::DelDest(id.clone(), c.clone()));
+                draining.remove(&key);
+            }
+        }
+    }
+    for id in current.keys() {
+        if !desired.services.contains_key(id) && owned(id) {
+            ops.push(Op::DelService(id.clone()));
+            draining.retain(|(s, _, _), _| s != id);
+        }
+    }
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+
+    fn ep(ip: &str, local: bool) -> Endpoint {
+        Endpoint {
+            ip: ip.parse().unwrap(),
+            port: 8080,
+            ready: true,
+            serving: true,
+            terminating: false,
+            node_name: None,
+            zone: None,
+            is_local: local,
+            zone_hints: vec![],
+        }
+    }
+
+    fn sp(eps: Vec<Endpoint>) -> ServicePort {
+        ServicePort {
+            key: ServicePortKey {
+                name: ServicePortName {
+                    namespace: "ns".into(),
+                    name: "web".into(),
+                    port: String::new(),
+                },
+                protocol: Protocol::Tcp,
+                family: Family::V4,
+            },
+            cluster_ip: Some("10.96.0.10".parse().unwrap()),
+            port: 80,
+            node_port: Some(30080),
+            external_ips: vec!["192.0.2.10".parse().unwrap()],
+            load_balancer_ips: vec!["198.51.100.10".parse().unwrap()],
+            load_balancer_source_ranges: vec![],
+            affinity_timeout: None,
+            external_policy_local: true,
+            internal_policy_local: false,
+            health_check_node_port: None,
+            topology_zone: None,
+            endpoints: eps,
+        }
+    }
+
+    fn cfg() -> IpvsConfig {
+        IpvsConfig {
+            scheduler: "rr".into(),
+            node_ips: vec!["192.168.10.5".parse().unwrap(), "fd00::5".parse().unwrap()],
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn id(addr: &str, port: u16) -> ServiceId {
+        ServiceId {
+            addr: addr.parse().unwrap(),
+            protocol: Protocol::Tcp,
+            port,
+        }
+    }
+
+    #[test]
+    fn one_virtual_server_per_vip_port_with_policy_endpoints() {
+        let p = sp(vec![ep("10.244.1.10", true), ep("10.244.2.10", false)]);
+        let d = desired([&p], &cfg());
+        assert_eq!(
+            d.services.len(),
+            4,
+            "clusterIP, externalIP, LB IP, one NodePort (v4 node IP)"
+        );
+        assert_eq!(
+            d.services[&id("10.96.0.10", 80)].1.len(),
+            2,
+            "cluster policy: both"
+        );
+        for ext in [
+            id("192.0.2.10", 80),
+            id("198.51.100.10", 80),
+            id("192.168.10.5", 30080),
+        ] {
+            let set = &d.services[&ext].1;
+            assert_eq!(set.len(), 1, "eTP Local: local endpoint only");
+            assert_eq!(set.iter().next().unwrap().addr.to_string(), "10.244.1.10");
+        }
+        let addrs: Vec<String> = d.addresses.iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            addrs,
+            vec!["10.96.0.10", "192.0.2.10", "198.51.100.10"],
+            "node IPs are not bound"
+        );
+    }
+
+    #[test]
+    fn diff_adds_updates_and_drains() {
+        let t0 = Instant::now();
+        let p = sp(vec![ep("10.244.1.10", true)]);
+        let d = desired([&p], &cfg());
+        let mut draining = Draining::new();
+        let ops = diff(
+            &BTreeMap::new(),
+            &d,
+            &mut draining,
+            t0,
+            Duration::from_secs(30),
+            |_| true,
+        );
+        assert_eq!(
+            ops.iter()
+                .filter(|o| matches!(o, Op::AddService(_)))
+                .count(),
+            4
+        );
+        assert_eq!(
+            ops.iter().filter(|o| matches!(o, Op::AddDest(..))).count(),
+            4
+        );
+
+        // Kernel holds the clusterIP service with an extra busy destination.
+        let cid = id("10.96.0.10", 80);
+        let (vs, _) = d.services[&cid].clone();
+        let gone = Destination {
+            addr: "10.244.9.9".parse().unwrap(),
+            port: 8080,
+            weight: 1,
+        };
+        let kept = Destination {
+            addr: "10.244.1.10".parse().unwrap(),
+            port: 8080,
+            weight: 1,
+        };
+        let busy = DestStats {
+            active: 2,
+            inactive: 0,
+            persistent: 0,
+        };
+        let mut current = BTreeMap::new();
+        current.insert(
+            cid.clone(),
+            Current {
+                vs: vs.clone(),
+                dests: vec![(kept.clone(), busy), (gone.clone(), busy)],
+            },
+        );
+        let only_cluster = Desired {
+            services: [(cid.clone(), d.services[&cid].clone())].into(),
+            addresses: d.addresses.clone(),
+        };
+        let ops = diff(
+            &current,
+            &only_cluster,
+            &mut draining,
+            t0,
+            Duration::from_secs(30),
+            |_| true,
+        );
+        assert_eq!(
+            ops,
+            vec![Op::UpdateDest(
+                cid.clone(),
+                Destination {
+                    weight: 0,
+                    ..gone.clone()
+                }
+            )],
+            "drain first"
+        );
+
+        // Still busy at weight 0 before the timeout: leave it.
+        current.get_mut(&cid).unwrap().dests[1].0.weight = 0;
+        let ops = diff(
+            &current,
+            &only_cluster,
+            &mut draining,
+            t0 + Duration::from_secs(10),
+            Duration::from_secs(30),
+            |_| true,
+        );
+        assert!(ops.is_empty(), "{ops:?}");
+        // Timeout reached: delete.
+        let ops = diff(
+            &current,
+            &only_cluster,
+            &mut draining,
+            t0 + Duration::from_secs(31),
+            Duration::from_secs(30),
+            |_| true,
+        );
+        assert_eq!(
+            ops,
+            vec![Op::DelDest(
+                cid.clone(),
+                Destination {
+                    weight: 0,
+                    ..gone.clone()
+                }
+            )]
+        );
+        // An idle drained destination goes at once.
+        current.get_mut(&cid).unwrap().dests[1].1 = DestStats::default();
+        let ops = diff(
+            &current,
+            &only_cluster,
+            &mut draining,
+            t0,
+            Duration::from_secs(30),
+            |_| true,
+        );
+        assert_eq!(
+            ops,
+            vec![Op::DelDest(cid.clone(), Destination { weight: 0, ..gone })]
+        );
+
+        // Services nobody wants are deleted only when ours.
+        let ops = diff(
+            &current,
+            &Desired::default(),
+            &mut draining,
+            t0,
+            Duration::from_secs(30),
+            |_| false,
+        );
+        assert!(ops.is_empty());
+        let ops = diff(
+            &current,
+            &Desired::default(),
+            &mut draining,
+            t0,
+            Duration::from_secs(30),
+            |_| true,
+        );
+        assert_eq!(ops, vec![Op::DelService(cid.clone())]);
+
+        // Scheduler or persistence change updates the service in place.
+        let mut changed = only_cluster.clone();
+        changed.services.get_mut(&cid).unwrap().0.persistence = Some(10800);
+        current.get_mut(&cid).unwrap().dests.truncate(1);
+        let ops = diff(
+            &current,
+            &changed,
+            &mut draining,
+            t0,
+            Duration::from_secs(30),
+            |_| true,
+        );
+        assert!(
+            matches!(&ops[..], [Op::UpdateService(v)] if v.persistence == Some(10800)),
+            "{ops:?}"
+        );
+    }
+}
