@@ -156,43 +156,25 @@ mod tests {
     use crate::model::*;
 
     fn port(local: &[bool], hc: Option<u16>, family: Family, base: &str) -> ServicePort {
-        ServicePort {
-            key: ServicePortKey {
-                name: ServicePortName {
-                    namespace: "ns".into(),
-                    name: "lb".into(),
-                    port: String::new(),
-                },
-                protocol: Protocol::Tcp,
-                family,
-            },
-            cluster_ip: None,
-            port: 80,
-            node_port: Some(30080),
-            external_ips: vec![],
-            load_balancer_ips: vec![],
-            load_balancer_source_ranges: vec![],
-            affinity_timeout: None,
-            external_policy_local: true,
-            internal_policy_local: false,
-            health_check_node_port: hc,
-            topology_zone: None,
-            endpoints: local
-                .iter()
-                .enumerate()
-                .map(|(i, l)| Endpoint {
-                    ip: format!("{base}{}", i + 1).parse().unwrap(),
-                    port: 8080,
-                    ready: true,
-                    serving: true,
-                    terminating: false,
-                    node_name: None,
-                    zone: None,
-                    is_local: *l,
-                    zone_hints: vec![],
-                })
-                .collect(),
-        }
+        let cip = if family == Family::V4 {
+            "10.96.0.1"
+        } else {
+            "fd00::96"
+        };
+        let eps = local
+            .iter()
+            .enumerate()
+            .map(|(i, l)| Endpoint {
+                is_local: *l,
+                ..crate::model::fixtures::endpoint(&format!("{base}{}", i + 1), 8080)
+            })
+            .collect();
+        let mut p =
+            crate::model::fixtures::service_port("ns", "lb", "", Protocol::Tcp, cip, 80, eps);
+        p.node_port = Some(30080);
+        p.external_policy_local = true;
+        p.health_check_node_port = hc;
+        p
     }
 
     #[test]

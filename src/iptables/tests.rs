@@ -5,56 +5,8 @@ use super::render::*;
 use super::state::Engine;
 use crate::model::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 
-fn ep(ip: &str, port: u16) -> Endpoint {
-    Endpoint {
-        ip: ip.parse().unwrap(),
-        port,
-        ready: true,
-        serving: true,
-        terminating: false,
-        node_name: None,
-        zone: None,
-        is_local: false,
-        zone_hints: vec![],
-    }
-}
-
-fn sp(
-    ns: &str,
-    name: &str,
-    port_name: &str,
-    proto: Protocol,
-    cip: &str,
-    port: u16,
-    eps: Vec<Endpoint>,
-) -> ServicePort {
-    let cip: IpAddr = cip.parse().unwrap();
-    ServicePort {
-        key: ServicePortKey {
-            name: ServicePortName {
-                namespace: ns.into(),
-                name: name.into(),
-                port: port_name.into(),
-            },
-            protocol: proto,
-            family: Family::of(&cip),
-        },
-        cluster_ip: Some(cip),
-        port,
-        node_port: None,
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        affinity_timeout: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: None,
-        topology_zone: None,
-        endpoints: eps,
-    }
-}
+use crate::model::fixtures::{endpoint as ep, service_port as sp};
 
 #[test]
 fn chain_names_follow_upstream_hashing() {

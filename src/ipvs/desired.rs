@@ -176,42 +176,26 @@ mod tests {
 
     fn ep(ip: &str, local: bool) -> Endpoint {
         Endpoint {
-            ip: ip.parse().unwrap(),
-            port: 8080,
-            ready: true,
-            serving: true,
-            terminating: false,
-            node_name: None,
-            zone: None,
             is_local: local,
-            zone_hints: vec![],
+            ..crate::model::fixtures::endpoint(ip, 8080)
         }
     }
 
     fn sp(eps: Vec<Endpoint>) -> ServicePort {
-        ServicePort {
-            key: ServicePortKey {
-                name: ServicePortName {
-                    namespace: "ns".into(),
-                    name: "web".into(),
-                    port: String::new(),
-                },
-                protocol: Protocol::Tcp,
-                family: Family::V4,
-            },
-            cluster_ip: Some("10.96.0.10".parse().unwrap()),
-            port: 80,
-            node_port: Some(30080),
-            external_ips: vec!["192.0.2.10".parse().unwrap()],
-            load_balancer_ips: vec!["198.51.100.10".parse().unwrap()],
-            load_balancer_source_ranges: vec![],
-            affinity_timeout: None,
-            external_policy_local: true,
-            internal_policy_local: false,
-            health_check_node_port: None,
-            topology_zone: None,
-            endpoints: eps,
-        }
+        let mut p = crate::model::fixtures::service_port(
+            "ns",
+            "web",
+            "",
+            Protocol::Tcp,
+            "10.96.0.10",
+            80,
+            eps,
+        );
+        p.node_port = Some(30080);
+        p.external_ips = vec!["192.0.2.10".parse().unwrap()];
+        p.load_balancer_ips = vec!["198.51.100.10".parse().unwrap()];
+        p.external_policy_local = true;
+        p
     }
 
     fn cfg() -> IpvsConfig {

@@ -6,6 +6,8 @@ pub mod types;
 pub mod validate;
 
 #[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
 mod tests;
 
 pub use build::{build_service, BuildOutput, Built};

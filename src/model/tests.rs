@@ -461,15 +461,5 @@ fn topology_hints_filter_cluster_endpoints() {
 }
 
 fn ep_at(ip: &str) -> Endpoint {
-    Endpoint {
-        ip: ip.parse().unwrap(),
-        port: 80,
-        ready: true,
-        serving: true,
-        terminating: false,
-        node_name: None,
-        zone: None,
-        is_local: false,
-        zone_hints: vec![],
-    }
+    fixtures::endpoint(ip, 80)
 }

@@ -141,42 +141,15 @@ mod tests {
     use crate::model::*;
 
     fn port(proto: Protocol, eps: &[&str]) -> ServicePort {
-        ServicePort {
-            key: ServicePortKey {
-                name: ServicePortName {
-                    namespace: "ns".into(),
-                    name: "dns".into(),
-                    port: String::new(),
-                },
-                protocol: proto,
-                family: Family::V4,
-            },
-            cluster_ip: Some("10.96.0.53".parse().unwrap()),
-            port: 53,
-            node_port: Some(30053),
-            external_ips: vec!["192.0.2.53".parse().unwrap()],
-            load_balancer_ips: vec![],
-            load_balancer_source_ranges: vec![],
-            affinity_timeout: None,
-            external_policy_local: false,
-            internal_policy_local: false,
-            health_check_node_port: None,
-            topology_zone: None,
-            endpoints: eps
-                .iter()
-                .map(|ip| Endpoint {
-                    ip: ip.parse().unwrap(),
-                    port: 5353,
-                    ready: true,
-                    serving: true,
-                    terminating: false,
-                    node_name: None,
-                    zone: None,
-                    is_local: false,
-                    zone_hints: vec![],
-                })
-                .collect(),
-        }
+        let eps = eps
+            .iter()
+            .map(|ip| crate::model::fixtures::endpoint(ip, 5353))
+            .collect();
+        let mut p =
+            crate::model::fixtures::service_port("ns", "dns", "", proto, "10.96.0.53", 53, eps);
+        p.node_port = Some(30053);
+        p.external_ips = vec!["192.0.2.53".parse().unwrap()];
+        p
     }
 
     #[test]

@@ -1,0 +1,54 @@
+//! Builders for unit tests across the crate: a ready endpoint, a plain service port.
+
+use super::types::*;
+
+/// A ready, serving, non-local endpoint.
+pub fn endpoint(ip: &str, port: u16) -> Endpoint {
+    Endpoint {
+        ip: ip.parse().unwrap(),
+        port,
+        ready: true,
+        serving: true,
+        terminating: false,
+        node_name: None,
+        zone: None,
+        is_local: false,
+        zone_hints: vec![],
+    }
+}
+
+/// A ClusterIP service port `ns/name[:port_name]` with the given endpoints.
+pub fn service_port(
+    ns: &str,
+    name: &str,
+    port_name: &str,
+    proto: Protocol,
+    cluster_ip: &str,
+    port: u16,
+    endpoints: Vec<Endpoint>,
+) -> ServicePort {
+    let cip: std::net::IpAddr = cluster_ip.parse().unwrap();
+    ServicePort {
+        key: ServicePortKey {
+            name: ServicePortName {
+                namespace: ns.into(),
+                name: name.into(),
+                port: port_name.into(),
+            },
+            protocol: proto,
+            family: Family::of(&cip),
+        },
+        cluster_ip: Some(cip),
+        port,
+        node_port: None,
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        load_balancer_source_ranges: vec![],
+        affinity_timeout: None,
+        external_policy_local: false,
+        internal_policy_local: false,
+        health_check_node_port: None,
+        topology_zone: None,
+        endpoints,
+    }
+}
