@@ -202,8 +202,22 @@ fn restart_apiserver(cp: &ControlPlane) {
 /// etcd's JSON gateway on the control plane's etcd port.
 fn etcd(cp: &ControlPlane, path: &str, body: &str) -> String {
     let cmdline = std::fs::read_to_string(cp.dir.path().join("apiserver.cmdline")).unwrap();
-    let url = cmdline.split_whitespace().skip_while(|a| *a != "--etcd-servers").nth(1).unwrap().trim_matches('\'').to_string();
-    must(&["curl", "-s", "-X", "POST", &format!("{url}/v3/{path}"), "-d", body])
+    let url = cmdline
+        .split_whitespace()
+        .skip_while(|a| *a != "--etcd-servers")
+        .nth(1)
+        .unwrap()
+        .trim_matches('\'')
+        .to_string();
+    must(&[
+        "curl",
+        "-s",
+        "-X",
+        "POST",
+        &format!("{url}/v3/{path}"),
+        "-d",
+        body,
+    ])
 }
 
 #[test]
@@ -225,29 +239,70 @@ fn watch_expiry_relists_and_controller_manager_slices_are_programmed() {
 
     // A Service with a selector and a Ready Pod: the controller-manager
     // publishes the EndpointSlice, and the proxy programs it.
-    cp.kubectl_ok(&["create", "service", "clusterip", "sel", "--tcp=80:8080", "--clusterip=10.96.0.60"]);
+    cp.kubectl_ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "sel",
+        "--tcp=80:8080",
+        "--clusterip=10.96.0.60",
+    ]);
     let pod = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: pod0, namespace: default, labels: {{app: sel}}}}\nspec: {{nodeName: {NODE_NAME}, containers: [{{name: c, image: none, ports: [{{containerPort: 8080}}]}}]}}\n");
     let pod_file = cp.dir.path().join("pod.yaml");
     std::fs::write(&pod_file, pod).unwrap();
     cp.kubectl_ok(&["apply", "-f", &path_str(&pod_file)]);
     let status = r#"{"status":{"phase":"Running","podIP":"10.244.1.10","podIPs":[{"ip":"10.244.1.10"}],"conditions":[{"type":"Ready","status":"True"}]}}"#;
-    cp.kubectl_ok(&["patch", "pod", "pod0", "--subresource=status", "--type=merge", "-p", status]);
-    cp.kubectl_ok(&["patch", "service", "sel", "--type=merge", "-p", r#"{"spec":{"selector":{"app":"sel"}}}"#]);
-    wait_until("slice from the controller-manager programmed", WAIT, || curl(&node, "http://10.96.0.60/", 1).is_ok());
+    cp.kubectl_ok(&[
+        "patch",
+        "pod",
+        "pod0",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        status,
+    ]);
+    cp.kubectl_ok(&[
+        "patch",
+        "service",
+        "sel",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"selector":{"app":"sel"}}}"#,
+    ]);
+    wait_until("slice from the controller-manager programmed", WAIT, || {
+        curl(&node, "http://10.96.0.60/", 1).is_ok()
+    });
 
     // Force a watch expiry: stop the API server, advance and compact etcd past
     // what the proxy has seen, start it again. Resuming gets 410 Gone: relist.
     let listed_before = lab.log().matches("listed").count();
-    let apiserver_pid = std::fs::read_to_string(cp.dir.path().join("pids")).unwrap().lines().nth(1).unwrap().to_string();
+    let apiserver_pid = std::fs::read_to_string(cp.dir.path().join("pids"))
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_string();
     must(&["kill", &apiserver_pid]);
     let put = etcd(&cp, "kv/put", r#"{"key":"a3Bycy1idW1w","value":"MQ=="}"#);
-    let rev = put.split("\"revision\":\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_string();
+    let rev = put
+        .split("\"revision\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_string();
     etcd(&cp, "kv/compaction", &format!("{{\"revision\":\"{rev}\"}}"));
-    assert!(curl(&node, "http://10.96.0.60/", 1).is_ok(), "rules stay while the API server is down");
+    assert!(
+        curl(&node, "http://10.96.0.60/", 1).is_ok(),
+        "rules stay while the API server is down"
+    );
     restart_apiserver(&cp);
-    wait_until("relist after 410", WAIT, || lab.log().matches("listed").count() > listed_before);
+    wait_until("relist after 410", WAIT, || {
+        lab.log().matches("listed").count() > listed_before
+    });
     // Still correct after the relist, and still following changes.
     assert!(curl(&node, "http://10.96.0.60/", 1).is_ok());
     cp.kubectl_ok(&["delete", "service", "sel"]);
-    wait_until("rules of the deleted service removed", WAIT, || !lab.save(false, "nat").contains("default/sel"));
+    wait_until("rules of the deleted service removed", WAIT, || {
+        !lab.save(false, "nat").contains("default/sel")
+    });
 }

@@ -610,3 +610,57 @@ fn auto_mode_follows_kubelets_iptables_mode() {
         .log()
         .contains("following the iptables mode kubelet uses"));
 }
+
+#[test]
+fn no_failed_connections_across_sigkill_restarts() {
+    require_kernel!();
+    let mut lab = Lab::new();
+    pods3(&mut lab);
+    lab.write("web.yaml", &(service("web", "{type: NodePort, clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}") + &slice("web-1", "web", "[{port: 8080}]", &LOCAL3)));
+    lab.start_proxy(&[]);
+    let node = lab.node.clone();
+    wait_until("ClusterIP answers", WAIT, || {
+        curl(&node, "http://10.96.0.10/", 1).is_ok()
+    });
+    // 100 new connections per second for 12 s, to the ClusterIP from a pod and to
+    // the NodePort from the external client, while the proxy is SIGKILLed and
+    // restarted twice.
+    let load = |ns: String, host: &'static str, port: &'static str| {
+        std::thread::spawn(move || {
+            let script = path_str(&root().join("scripts/loadgen.py"));
+            let out = run(&[
+                "ip", "netns", "exec", &ns, "python3", &script, host, port, "100", "12",
+            ]);
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+    };
+    let a = load(lab.pod_ns("pod1"), "10.96.0.10", "80");
+    let b = load(lab.client.clone(), NODE_IP, "30080");
+    let mut samples_without_rules = 0;
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_secs(2));
+        lab.stop_proxy(true);
+        for _ in 0..5 {
+            if !lab.save(false, "nat").contains("test/web cluster IP") {
+                samples_without_rules += 1;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        lab.start_proxy(&[]);
+        for _ in 0..10 {
+            if !lab.save(false, "nat").contains("test/web cluster IP") {
+                samples_without_rules += 1;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    println!("restart load, ClusterIP from a pod: {a}");
+    println!("restart load, NodePort from the client: {b}");
+    assert_eq!(samples_without_rules, 0, "rules vanished during a restart");
+    for r in [&a, &b] {
+        let v: serde_json::Value = serde_json::from_str(r).unwrap();
+        assert_eq!(v["attempted"], 1200, "{r}");
+        assert_eq!(v["failed"], 0, "{r}");
+    }
+}
