@@ -153,7 +153,10 @@ fn proxy_follows_a_real_api_server_as_its_service_account() {
         .nth(1)
         .unwrap()
         .to_string();
-    must(&["kill", &apiserver_pid]);
+    must(&["kill", "-KILL", &apiserver_pid]);
+    wait_until("API server gone", WAIT, || {
+        !run(&["kill", "-0", &apiserver_pid]).status.success()
+    });
     std::thread::sleep(Duration::from_secs(3));
     assert!(
         curl(&node, "http://10.96.0.50/", 1).is_ok(),
@@ -239,6 +242,11 @@ fn watch_expiry_relists_and_controller_manager_slices_are_programmed() {
 
     // A Service with a selector and a Ready Pod: the controller-manager
     // publishes the EndpointSlice, and the proxy programs it.
+    // The slice controller needs the pod's Node (for its zone).
+    let node_file = cp.dir.path().join("node.yaml");
+    let node_yaml = format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {NODE_NAME}}}\n");
+    std::fs::write(&node_file, node_yaml).unwrap();
+    cp.kubectl_ok(&["apply", "-f", &path_str(&node_file)]);
     cp.kubectl_ok(&[
         "create",
         "service",
@@ -282,7 +290,10 @@ fn watch_expiry_relists_and_controller_manager_slices_are_programmed() {
         .nth(1)
         .unwrap()
         .to_string();
-    must(&["kill", &apiserver_pid]);
+    must(&["kill", "-KILL", &apiserver_pid]);
+    wait_until("API server gone", WAIT, || {
+        !run(&["kill", "-0", &apiserver_pid]).status.success()
+    });
     let put = etcd(&cp, "kv/put", r#"{"key":"a3Bycy1idW1w","value":"MQ=="}"#);
     let rev = put
         .split("\"revision\":\"")

@@ -73,7 +73,9 @@ if [ ! -f ca.crt ]; then
   openssl genrsa -out sa.key 2048 2>/dev/null
   openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
   admin=$(openssl rand -hex 16); cm=$(openssl rand -hex 16)
-  printf '%s,admin,admin,system:masters\n%s,system:kube-controller-manager,kcm\n' "$admin" "$cm" > tokens.csv
+  # Test-only: the controllers run under one identity with full rights rather
+  # than one ServiceAccount each (--use-service-account-credentials).
+  printf '%s,admin,admin,system:masters\n%s,system:kube-controller-manager,kcm,system:masters\n' "$admin" "$cm" > tokens.csv
 fi
 admin=$(sed -n 1p tokens.csv | cut -d, -f1); cm=$(sed -n 2p tokens.csv | cut -d, -f1)
 ETCD_PORT=$(free_port); PEER_PORT=$(free_port); API_PORT=$(free_port)

@@ -243,6 +243,12 @@ impl Lab {
             .open(self.log_path())
             .unwrap();
         let src = format!("dir:{}", self.objects.display());
+        // The dir: source unless the caller names another.
+        let source: &[&str] = if extra.contains(&"--source") {
+            &[]
+        } else {
+            &["--source", &src]
+        };
         let child = Command::new("ip")
             .args([
                 "netns",
@@ -250,7 +256,8 @@ impl Lab {
                 &self.node,
                 env!("CARGO_BIN_EXE_kube-proxy-rs"),
             ])
-            .args(["--source", &src, "--hostname-override", NODE_NAME])
+            .args(source)
+            .args(["--hostname-override", NODE_NAME])
             .args([
                 "--cluster-cidr",
                 "10.244.0.0/16,fd00:244::/48",
