@@ -15,6 +15,11 @@ pub struct TableLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabel {
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabel {
     pub traffic_policy: String,
 }
@@ -38,7 +43,7 @@ pub struct Metrics {
     pub no_local_endpoints: Family<PolicyLabel, Gauge>,
     pub sync_failures: Counter,
     pub service_ports: Gauge,
-    pub endpoints: Gauge,
+    pub endpoints: Family<BackendLabel, Gauge>,
 }
 
 /// Upstream's network programming buckets: 0.25 s .. 5 min.
@@ -76,7 +81,7 @@ impl Metrics {
             no_local_endpoints: Family::default(),
             sync_failures: Counter::default(),
             service_ports: Gauge::default(),
-            endpoints: Gauge::default(),
+            endpoints: Family::default(),
             registry: Registry::default(),
         };
         {
@@ -161,7 +166,7 @@ impl Metrics {
             );
             r.register(
                 "endpoints",
-                "Endpoints across all programmed service ports",
+                "Endpoints across all programmed service ports, per backend",
                 m.endpoints.clone(),
             );
         }

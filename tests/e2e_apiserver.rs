@@ -121,7 +121,11 @@ fn proxy_follows_a_real_api_server_as_its_service_account() {
     lab.add_pod("pod1", 11, &[8080], &[]);
     forward_into_netns(&lab.node.clone(), cp.port);
     let sa_path = path_str(&sa_kubeconfig);
-    lab.start_proxy(&["--source", "apiserver", "--kubeconfig", &sa_path]);
+    let (fail_flag, path) = lab.restore_fault_injector();
+    lab.start_proxy_env(
+        &["--source", "apiserver", "--kubeconfig", &sa_path],
+        &[("PATH", path)],
+    );
     let node = lab.node.clone();
     wait_until("ClusterIP from the API server answers", WAIT, || {
         curl(&node, "http://10.96.0.50/", 1).is_ok()
@@ -142,6 +146,32 @@ fn proxy_follows_a_real_api_server_as_its_service_account() {
     });
     wait_until("pod1 answers after the slice update", WAIT, || {
         spread(&node, "http://10.96.0.50/", 6).contains_key("pod1:8080")
+    });
+
+    // A sync failure is reported as a Warning Event on the Node (RBAC allows it).
+    std::fs::write(&fail_flag, "").unwrap();
+    rt.block_on(async {
+        let slices: Api<EndpointSlice> = Api::namespaced(client(&admin).await, "default");
+        let patch = Patch::Apply(slice_obj("web-1", &["10.244.1.11"]));
+        slices
+            .patch("web-1", &PatchParams::apply("e2e").force(), &patch)
+            .await
+            .unwrap();
+    });
+    wait_until("SyncProxyRulesFailed event on the Node", WAIT, || {
+        let out = cp.kubectl(&[
+            "get",
+            "events.events.k8s.io",
+            "-A",
+            "-o",
+            "jsonpath={range .items[*]}{.reason}/{.regarding.kind}/{.regarding.name} {end}",
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("SyncProxyRulesFailed/Node/{NODE_NAME}"))
+    });
+    std::fs::remove_file(&fail_flag).unwrap();
+    wait_until("recovered: only pod1 answers", WAIT, || {
+        spread(&node, "http://10.96.0.50/", 4).get("pod1:8080") == Some(&4)
     });
 
     // The API server goes away and comes back: rules stay meanwhile, and a

@@ -42,24 +42,8 @@ fn healthz_livez_and_metrics_follow_syncs_and_failures() {
     lab.add_pod("pod0", 10, &[8080], &[]);
     lab.add_pod("pod1", 11, &[8080], &[]);
     lab.write("web.yaml", &web("10.244.1.10", NODE_NAME));
-    // Fault injection: an iptables-restore that fails while a flag file exists.
-    let fake = lab.dir.path().join("bin");
-    std::fs::create_dir(&fake).unwrap();
-    let flag = lab.dir.path().join("fail-restores");
-    let real = must(&["sh", "-c", "command -v iptables-restore"])
-        .trim()
-        .to_string();
-    let script = format!(
-        "#!/bin/sh\n[ -e {} ] && {{ echo 'injected failure' >&2; exit 1; }}\nexec {real} \"$@\"\n",
-        flag.display()
-    );
-    std::fs::write(fake.join("iptables-restore"), script).unwrap();
-    must(&["chmod", "+x", &path_str(&fake.join("iptables-restore"))]);
-    let path = format!(
-        "{}:{}",
-        fake.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let (flag, path) = lab.restore_fault_injector();
+
     lab.start_proxy_env(&["--sync-period", "1s"], &[("PATH", path)]);
     let node = lab.node.clone();
     wait_until("ClusterIP answers", WAIT, || {

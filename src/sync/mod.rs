@@ -210,6 +210,9 @@ impl Loop {
         let ports = &self.model.ports;
         m.service_ports.set(ports.len() as i64);
         m.endpoints
+            .get_or_create(&crate::metrics::BackendLabel {
+                backend: self.backend.name().to_string(),
+            })
             .set(ports.values().map(|p| p.endpoints.len() as i64).sum());
         let (mut internal, mut external) = (0, 0);
         for sp in ports.values() {

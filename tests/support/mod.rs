@@ -292,6 +292,29 @@ impl Lab {
         }
     }
 
+    /// Fault injection: a PATH whose `iptables-restore` fails while the returned
+    /// flag file exists (and runs the real one otherwise).
+    pub fn restore_fault_injector(&self) -> (PathBuf, String) {
+        let fake = self.dir.path().join("bin");
+        std::fs::create_dir_all(&fake).unwrap();
+        let flag = self.dir.path().join("fail-restores");
+        let real = must(&["sh", "-c", "command -v iptables-restore"])
+            .trim()
+            .to_string();
+        let script = format!(
+            "#!/bin/sh\n[ -e {} ] && {{ echo 'injected failure' >&2; exit 1; }}\nexec {real} \"$@\"\n",
+            flag.display()
+        );
+        std::fs::write(fake.join("iptables-restore"), script).unwrap();
+        must(&["chmod", "+x", &path_str(&fake.join("iptables-restore"))]);
+        let path = format!(
+            "{}:{}",
+            fake.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        (flag, path)
+    }
+
     pub fn proxy_running(&mut self) -> bool {
         match &mut self.proxy {
             Some(c) => c.try_wait().unwrap().is_none(),
