@@ -53,6 +53,10 @@ pub trait Backend: Send {
     /// Takes a scan's result; true when the next sync has cleanup to do.
     fn apply_scan(&mut self, result: ScanResult) -> bool;
 
+    /// The node's primary IPs changed (from its Node object). True when the
+    /// rules depend on them, so the next sync must be full.
+    fn set_primary_ips(&mut self, ips: &[std::net::IpAddr]) -> bool;
+
     /// Removes everything this proxy owns from the kernel.
     fn cleanup(&mut self) -> Result<()>;
 }

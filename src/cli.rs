@@ -129,6 +129,9 @@ pub struct Settings {
     pub masquerade_all: bool,
     pub masquerade_bit: u8,
     pub nodeport_addresses: Vec<IpNet>,
+    /// `--nodeport-addresses primary`: NodePorts only on the node's primary IPs
+    /// (its Node object's InternalIP, else ExternalIP, per family).
+    pub nodeport_primary: bool,
     pub sync_period: Duration,
     pub min_sync_period: Duration,
     pub source: SourceSpec,
@@ -285,7 +288,15 @@ impl Flags {
                 .or(ipt.and_then(|i| i.masquerade_all))
                 .unwrap_or(false),
             masquerade_bit: bit,
-            nodeport_addresses: parse_cidrs(&np_s, "nodeport addresses")?,
+            nodeport_addresses: parse_cidrs(
+                &np_s
+                    .split(',')
+                    .filter(|p| p.trim() != "primary")
+                    .collect::<Vec<_>>()
+                    .join(","),
+                "nodeport addresses",
+            )?,
+            nodeport_primary: np_s.split(',').any(|p| p.trim() == "primary"),
             sync_period,
             min_sync_period,
             source: self.source.clone().unwrap_or(SourceSpec::ApiServer),

@@ -220,11 +220,13 @@ pub fn daemon(flags: &Flags) -> Result<()> {
         }
     }
     let local_ips = node::local_addresses();
-    let backend: Box<dyn Backend> = Box::new(IptablesBackend::new(
+    let mut iptables = IptablesBackend::new(
         kernel_factory(&s),
         render_configs(&s, &local_ips),
         s.max_payload_lines,
-    ));
+    );
+    iptables.nodeport_primary = s.nodeport_primary;
+    let backend: Box<dyn Backend> = Box::new(iptables);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

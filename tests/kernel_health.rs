@@ -192,3 +192,32 @@ fn node_object_drives_eligibility_and_topology() {
     );
     assert_eq!(http_get(&node, &format!("{HEALTHZ}/livez")).0, 200);
 }
+
+#[test]
+fn nodeport_addresses_primary_follow_the_node_object() {
+    require_kernel!();
+    let mut lab = Lab::new();
+    lab.add_pod("pod0", 10, &[8080], &[]);
+    let node_obj = |ip: &str| {
+        format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {NODE_NAME}}}\nstatus: {{addresses: [{{type: Hostname, address: {NODE_NAME}}}, {{type: InternalIP, address: \"{ip}\"}}]}}\n")
+    };
+    lab.write(
+        "np.yaml",
+        &(service("np", "{type: NodePort, clusterIP: 10.96.0.40, ports: [{port: 80, targetPort: 8080, nodePort: 30040}]}")
+            + &slice("np-1", "np", "[{port: 8080}]", &[("10.244.1.10", NODE_NAME)])),
+    );
+    lab.write("node.yaml", &node_obj(NODE_IP));
+    lab.start_proxy(&["--nodeport-addresses", "primary"]);
+    let (node, client) = (lab.node.clone(), lab.client.clone());
+    wait_until("NodePort on the primary IP", WAIT, || {
+        curl(&client, &format!("http://{NODE_IP}:30040/"), 1).is_ok()
+    });
+    // Not on the node's other addresses.
+    assert!(curl(&node, &format!("http://{BRIDGE_IP}:30040/"), 1).is_err());
+    // The Node's InternalIP changes to the bridge address: the NodePort moves.
+    lab.write("node.yaml", &node_obj(BRIDGE_IP));
+    wait_until("NodePort moved to the new primary IP", WAIT, || {
+        curl(&node, &format!("http://{BRIDGE_IP}:30040/"), 1).is_ok()
+    });
+    assert!(curl(&client, &format!("http://{NODE_IP}:30040/"), 1).is_err());
+}

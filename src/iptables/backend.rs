@@ -23,6 +23,8 @@ pub struct IptablesBackend {
     kernel: Arc<Mutex<Box<dyn Kernel>>>,
     factory: KernelFactory,
     engines: Vec<Engine>,
+    /// `--nodeport-addresses primary`: NodePorts follow the Node's primary IPs.
+    pub nodeport_primary: bool,
 }
 
 impl IptablesBackend {
@@ -55,6 +57,7 @@ impl IptablesBackend {
             kernel: Arc::new(Mutex::new(kernel)),
             factory,
             engines,
+            nodeport_primary: false,
         }
     }
 
@@ -171,6 +174,32 @@ impl Backend for IptablesBackend {
             any |= engine.has_stale();
         }
         any
+    }
+
+    fn set_primary_ips(&mut self, ips: &[std::net::IpAddr]) -> bool {
+        if !self.nodeport_primary {
+            return false;
+        }
+        let mut changed = false;
+        for engine in &mut self.engines {
+            let fam = engine.cfg.family;
+            let mine: Vec<std::net::IpAddr> = ips
+                .iter()
+                .filter(|ip| Family::of(ip) == fam)
+                .cloned()
+                .collect();
+            let nets: Vec<ipnet::IpNet> = mine.iter().map(|ip| ipnet::IpNet::from(*ip)).collect();
+            if engine.cfg.nodeport_addresses != nets {
+                for ip in &mine {
+                    if !engine.cfg.node_ips.contains(ip) {
+                        engine.cfg.node_ips.push(*ip);
+                    }
+                }
+                engine.cfg.nodeport_addresses = nets;
+                changed = true;
+            }
+        }
+        changed
     }
 
     fn cleanup(&mut self) -> Result<()> {

@@ -24,6 +24,8 @@ pub struct NodeInfo {
     /// False while the node is being deleted (or drained by the autoscaler):
     /// `/healthz` then fails so load balancers stop sending traffic here.
     pub eligible: bool,
+    /// Primary addresses: InternalIP, else ExternalIP, one per family.
+    pub primary_ips: Vec<std::net::IpAddr>,
 }
 
 impl NodeInfo {
@@ -41,9 +43,21 @@ impl NodeInfo {
             .as_ref()
             .and_then(|s| s.taints.as_ref())
             .is_some_and(|t| t.iter().any(|t| t.key == "ToBeDeletedByClusterAutoscaler"));
+        let addrs = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+        let mut primary_ips: Vec<std::net::IpAddr> = Vec::new();
+        for kind in ["InternalIP", "ExternalIP"] {
+            for a in addrs.into_iter().flatten().filter(|a| a.type_ == kind) {
+                if let Ok(ip) = a.address.parse::<std::net::IpAddr>() {
+                    if !primary_ips.iter().any(|p| p.is_ipv4() == ip.is_ipv4()) {
+                        primary_ips.push(ip);
+                    }
+                }
+            }
+        }
         NodeInfo {
             zone,
             eligible: !deleting && !to_be_deleted,
+            primary_ips,
         }
     }
 }

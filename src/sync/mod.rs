@@ -114,6 +114,10 @@ impl Loop {
             }
             SourceMsg::Node(info) => {
                 self.shared.health.set_node_eligible(info.eligible);
+                if self.backend.set_primary_ips(&info.primary_ips) {
+                    tracing::info!(ips = ?info.primary_ips, "node primary IPs changed; NodePorts follow them");
+                    self.need_full = true;
+                }
                 if self.model.node.zone != info.zone {
                     tracing::info!(zone = ?info.zone, "node zone changed; recomputing topology-aware services");
                     self.model.node.zone = info.zone;
