@@ -219,7 +219,11 @@ impl Loop {
             })
             .set(ports.values().map(|p| p.endpoints.len() as i64).sum());
         let (mut internal, mut external) = (0, 0);
-        for sp in ports.values() {
+        // Only Local-policy ports can lack local endpoints: skip the rest cheaply.
+        for sp in ports
+            .values()
+            .filter(|sp| sp.internal_policy_local || sp.external_local())
+        {
             let c = categorize(sp);
             if c.has_any && c.local.is_empty() {
                 internal += i64::from(sp.internal_policy_local);
