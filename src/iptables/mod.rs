@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod backend;
+pub mod fixed;
 pub mod names;
 pub mod render;
 pub mod state;

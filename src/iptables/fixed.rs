@@ -1,0 +1,219 @@
+//! The chains and jumps that do not depend on any Service: KUBE-POSTROUTING,
+//! KUBE-MARK-MASQ, KUBE-FORWARD, KUBE-FIREWALL, the tail of KUBE-SERVICES, and
+//! the jumps from the built-in chains. Pure.
+
+use super::names::*;
+use super::render::{Chain, RenderConfig, Shared, Table};
+use crate::model::Family;
+use std::net::IpAddr;
+
+/// The fixed chains (same for every sync), by table.
+pub fn render_fixed(cfg: &RenderConfig) -> Vec<Chain> {
+    let mark = cfg.mark();
+    let random_fully = if cfg.random_fully {
+        " --random-fully"
+    } else {
+        ""
+    };
+    let mut out = vec![
+        Chain {
+            table: Table::Nat,
+            name: KUBE_POSTROUTING.into(),
+            rules: vec![
+                format!("-A {KUBE_POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN"),
+                format!("-A {KUBE_POSTROUTING} -j MARK --xor-mark {mark}"),
+                format!(
+                    "-A {KUBE_POSTROUTING} -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE{random_fully}"
+                ),
+            ],
+        },
+        Chain {
+            table: Table::Nat,
+            name: KUBE_MARK_MASQ.into(),
+            rules: vec![format!("-A {KUBE_MARK_MASQ} -j MARK --or-mark {mark}")],
+        },
+        Chain {
+            table: Table::Filter,
+            name: KUBE_FORWARD.into(),
+            rules: vec![
+                format!(
+                    "-A {KUBE_FORWARD} -m comment --comment \"kubernetes forwarding rules\" -m mark --mark {mark}/{mark} -j ACCEPT"
+                ),
+                format!(
+                    "-A {KUBE_FORWARD} -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+                ),
+            ],
+        },
+    ];
+    let mut firewall = Vec::new();
+    if cfg.localhost_nodeports && cfg.family == Family::V4 {
+        firewall.push(format!(
+            "-A {KUBE_FIREWALL} -m comment --comment \"block incoming localnet connections\" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
+        ));
+    }
+    out.push(Chain {
+        table: Table::Filter,
+        name: KUBE_FIREWALL.into(),
+        rules: firewall,
+    });
+    out
+}
+
+/// The rules that end a shared chain, after every service's rules.
+pub fn shared_tail(s: Shared, cfg: &RenderConfig) -> Vec<String> {
+    if s != Shared::NatServices {
+        return vec![];
+    }
+    let c = "\"kubernetes service nodeports; NOTE: this must be the last rule in this chain\"";
+    let all = cfg.nodeport_addresses.is_empty()
+        || cfg.nodeport_addresses.iter().any(|n| n.prefix_len() == 0);
+    if all {
+        return vec![format!(
+            "-A {KUBE_SERVICES} -m comment --comment {c} -m addrtype --dst-type LOCAL -j {KUBE_NODEPORTS}"
+        )];
+    }
+    let mut ips: Vec<&IpAddr> = cfg
+        .node_ips
+        .iter()
+        .filter(|ip| cfg.nodeport_addresses.iter().any(|n| n.contains(*ip)))
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips.into_iter()
+        .map(|ip| {
+            format!("-A {KUBE_SERVICES} -m comment --comment {c} -d {ip} -j {KUBE_NODEPORTS}")
+        })
+        .collect()
+}
+
+/// A jump from a built-in chain that must exist (ensured with `-C`/`-I`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jump {
+    pub table: Table,
+    pub from: &'static str,
+    /// Arguments after the chain name, e.g. `-m comment --comment ... -j KUBE-SERVICES`.
+    pub args: Vec<String>,
+}
+
+/// The jumps into our chains from the built-in chains, as upstream installs them.
+pub fn jumps() -> Vec<Jump> {
+    let new = ["-m", "conntrack", "--ctstate", "NEW"];
+    let spec: [(Table, &'static str, &'static str, &str, bool); 14] = [
+        (
+            Table::Filter,
+            "INPUT",
+            KUBE_EXTERNAL_SERVICES,
+            "kubernetes externally-visible service portals",
+            true,
+        ),
+        (
+            Table::Filter,
+            "FORWARD",
+            KUBE_EXTERNAL_SERVICES,
+            "kubernetes externally-visible service portals",
+            true,
+        ),
+        (
+            Table::Filter,
+            "INPUT",
+            KUBE_NODEPORTS,
+            "kubernetes health check service ports",
+            false,
+        ),
+        (
+            Table::Filter,
+            "FORWARD",
+            KUBE_SERVICES,
+            "kubernetes service portals",
+            true,
+        ),
+        (
+            Table::Filter,
+            "OUTPUT",
+            KUBE_SERVICES,
+            "kubernetes service portals",
+            true,
+        ),
+        (
+            Table::Filter,
+            "FORWARD",
+            KUBE_FORWARD,
+            "kubernetes forwarding rules",
+            false,
+        ),
+        (
+            Table::Filter,
+            "INPUT",
+            KUBE_PROXY_FIREWALL,
+            "kubernetes load balancer firewall",
+            true,
+        ),
+        (
+            Table::Filter,
+            "OUTPUT",
+            KUBE_PROXY_FIREWALL,
+            "kubernetes load balancer firewall",
+            true,
+        ),
+        (
+            Table::Filter,
+            "FORWARD",
+            KUBE_PROXY_FIREWALL,
+            "kubernetes load balancer firewall",
+            true,
+        ),
+        (
+            Table::Filter,
+            "INPUT",
+            KUBE_FIREWALL,
+            "kubernetes firewall for dropping marked packets",
+            false,
+        ),
+        (
+            Table::Filter,
+            "OUTPUT",
+            KUBE_FIREWALL,
+            "kubernetes firewall for dropping marked packets",
+            false,
+        ),
+        (
+            Table::Nat,
+            "OUTPUT",
+            KUBE_SERVICES,
+            "kubernetes service portals",
+            false,
+        ),
+        (
+            Table::Nat,
+            "PREROUTING",
+            KUBE_SERVICES,
+            "kubernetes service portals",
+            false,
+        ),
+        (
+            Table::Nat,
+            "POSTROUTING",
+            KUBE_POSTROUTING,
+            "kubernetes postrouting rules",
+            false,
+        ),
+    ];
+    spec.iter()
+        .map(|(table, from, to, comment, ctnew)| {
+            let mut args: Vec<String> = Vec::new();
+            if *ctnew {
+                args.extend(new.iter().map(|s| s.to_string()));
+            }
+            args.extend(
+                ["-m", "comment", "--comment", comment, "-j", to]
+                    .iter()
+                    .map(|s| s.to_string()),
+            );
+            Jump {
+                table: *table,
+                from,
+                args,
+            }
+        })
+        .collect()
+}
