@@ -49,6 +49,11 @@ fn healthz_livez_and_metrics_follow_syncs_and_failures() {
     wait_until("ClusterIP answers", WAIT, || {
         curl(&node, "http://10.96.0.10/", 1).is_ok()
     });
+    // Health and metrics are updated right after the restore that made the
+    // rules visible: the last of them set marks the end of that sync.
+    wait_until("metrics of the first sync", WAIT, || {
+        metric(&node, "kube_proxy_rs_service_ports") == 1.0
+    });
 
     let (code, body) = http_get(&node, &format!("{HEALTHZ}/healthz"));
     assert_eq!(code, 200, "{body}");
@@ -73,7 +78,9 @@ fn healthz_livez_and_metrics_follow_syncs_and_failures() {
     wait_until("pod1 answers", WAIT, || {
         curl(&node, "http://10.96.0.10/", 1).is_ok_and(|b| b.starts_with("pod1"))
     });
-    assert!(metric(&node, "kubeproxy_sync_proxy_rules_duration_seconds_count") > syncs);
+    wait_until("sync counted", WAIT, || {
+        metric(&node, "kubeproxy_sync_proxy_rules_duration_seconds_count") > syncs
+    });
     assert!(metric(&node, "kubeproxy_sync_proxy_rules_endpoint_changes_total") > changes);
 
     // The kernel side fails: rules stay, health goes 503 after 2 x sync period.

@@ -604,3 +604,34 @@ impl Drop for ControlPlane {
             .output();
     }
 }
+
+/// Three pods, 10.244.1.10-12, serving TCP 8080 and 9090 and UDP 5353.
+pub fn pods3(lab: &mut Lab) {
+    lab.add_pod("pod0", 10, &[8080, 9090], &[5353]);
+    lab.add_pod("pod1", 11, &[8080, 9090], &[5353]);
+    lab.add_pod("pod2", 12, &[8080, 9090], &[5353]);
+}
+
+/// The three pods of [`pods3`], all on this node.
+pub const LOCAL3: [(&str, &str); 3] = [
+    ("10.244.1.10", NODE_NAME),
+    ("10.244.1.11", NODE_NAME),
+    ("10.244.1.12", NODE_NAME),
+];
+
+/// Every named answer came back at least `min` times, and nothing else did.
+pub fn at_least_each(hits: &BTreeMap<String, usize>, names: &[&str], min: usize) {
+    for n in names {
+        let got = hits.get(*n).copied().unwrap_or(0);
+        assert!(
+            got >= min,
+            "{n} answered {got} times (want >= {min}): {hits:?}"
+        );
+    }
+    let total: usize = hits.values().sum();
+    let known: usize = names
+        .iter()
+        .map(|n| hits.get(*n).copied().unwrap_or(0))
+        .sum();
+    assert_eq!(known, total, "unexpected answers: {hits:?}");
+}

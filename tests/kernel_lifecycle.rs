@@ -1,0 +1,307 @@
+//! The iptables backend over its life on the host kernel: changes while running,
+//! restarts (also under load), repair of hand-made damage, cleanup, legacy and
+//! auto-detected iptables modes. Needs root; skips with a printed reason otherwise.
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+#[test]
+fn rules_follow_changes_survive_restarts_and_clean_up() {
+    require_kernel!();
+    let mut lab = Lab::new();
+    pods3(&mut lab);
+    let node = lab.node.clone();
+    let web = |eps: &[(&str, &str)]| {
+        service(
+            "web",
+            "{clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080}]}",
+        ) + &slice("web-1", "web", "[{port: 8080}]", eps)
+    };
+    lab.write("web.yaml", &web(&LOCAL3[..2]));
+    lab.write(
+        "old.yaml",
+        &(service("old", "{clusterIP: 10.96.0.99, ports: [{port: 80}]}")
+            + &slice("old-1", "old", "[{port: 8080}]", &LOCAL3[..1])),
+    );
+    lab.start_proxy(&[]);
+    wait_until("ClusterIP answers", WAIT, || {
+        curl(&node, "http://10.96.0.10/", 1).is_ok()
+    });
+    at_least_each(
+        &spread(&node, "http://10.96.0.10/", 30),
+        &["pod0:8080", "pod1:8080"],
+        3,
+    );
+
+    // Endpoint added while running.
+    lab.write("web.yaml", &web(&LOCAL3));
+    wait_until("pod2 answers", WAIT, || {
+        spread(&node, "http://10.96.0.10/", 6).contains_key("pod2:8080")
+    });
+    // Endpoint removed.
+    lab.write("web.yaml", &web(&LOCAL3[1..]));
+    wait_until("pod0 gone from web's SVC chain", WAIT, || {
+        !lab.save(false, "nat")
+            .contains("test/web -> 10.244.1.10:8080")
+    });
+    let hits = spread(&node, "http://10.96.0.10/", 30);
+    at_least_each(&hits, &["pod1:8080", "pod2:8080"], 3);
+    let nat = lab.save(false, "nat");
+    assert_eq!(
+        nat.matches("--to-destination 10.244.1.10:8080").count(),
+        1,
+        "only old's SEP remains for pod0:\n{nat}"
+    );
+
+    // SIGKILL: rules stay and traffic keeps flowing with no proxy running.
+    lab.stop_proxy(true);
+    assert!(lab.save(false, "nat").contains("test/web cluster IP"));
+    assert!(curl(&node, "http://10.96.0.10/", 2).is_ok());
+    // While it is down, a service disappears; the restart must remove its chains.
+    lab.remove("old.yaml");
+    let before_jumps = lab.save(false, "nat").matches("-j KUBE-SERVICES").count();
+    lab.start_proxy(&[]);
+    wait_until("stale chains of test/old removed", WAIT, || {
+        !lab.save(false, "nat").contains("test/old")
+    });
+    assert!(curl(&node, "http://10.96.0.10/", 2).is_ok());
+    assert_eq!(
+        lab.save(false, "nat").matches("-j KUBE-SERVICES").count(),
+        before_jumps,
+        "jumps not duplicated"
+    );
+
+    // SIGTERM exits cleanly and leaves the rules.
+    assert_eq!(lab.stop_proxy(false), Some(0));
+    assert!(curl(&node, "http://10.96.0.10/", 2).is_ok());
+
+    // A service deleted while running: its rules go.
+    lab.start_proxy(&[]);
+    lab.remove("web.yaml");
+    wait_until("web's rules removed", WAIT, || {
+        !lab.save(false, "nat").contains("test/web")
+    });
+    lab.stop_proxy(false);
+
+    // --cleanup removes every KUBE- chain and jump, in both families.
+    let out = lab.in_ns(&node, &[env!("CARGO_BIN_EXE_kube-proxy-rs"), "--cleanup"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for v6 in [false, true] {
+        for table in ["nat", "filter"] {
+            let dump = lab.save(v6, table);
+            assert!(
+                !dump.contains("KUBE-"),
+                "left after --cleanup (v6={v6}, {table}):\n{dump}"
+            );
+        }
+    }
+}
+
+#[test]
+fn rules_flushed_by_hand_are_repaired_within_a_sync_period() {
+    require_kernel!();
+    let mut lab = Lab::new();
+    lab.add_pod("pod0", 10, &[8080], &[]);
+    lab.write(
+        "web.yaml",
+        &(service(
+            "web",
+            "{clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080}]}",
+        ) + &slice(
+            "web-1",
+            "web",
+            "[{port: 8080}]",
+            &[("10.244.1.10", NODE_NAME)],
+        )),
+    );
+    lab.start_proxy(&["--sync-period", "1s"]);
+    let node = lab.node.clone();
+    wait_until("ClusterIP answers", WAIT, || {
+        curl(&node, "http://10.96.0.10/", 1).is_ok()
+    });
+    for cmd in ["iptables -t nat -F", "iptables -t nat -X"] {
+        let out = lab.in_ns(&node, &["sh", "-c", cmd]);
+        assert!(out.status.success());
+    }
+    assert!(
+        curl(&node, "http://10.96.0.10/", 1).is_err(),
+        "flushed by hand"
+    );
+    wait_until("rules repaired", Duration::from_secs(10), || {
+        curl(&node, "http://10.96.0.10/", 1).is_ok()
+    });
+    // The log line follows the restore that repaired the rules.
+    wait_until("a second full sync logged", Duration::from_secs(5), || {
+        lab.log().matches("full=true").count() >= 2
+    });
+}
+
+#[test]
+fn legacy_iptables_backend_works_too() {
+    require_kernel!();
+    if run(&[
+        "sh",
+        "-c",
+        "command -v iptables-legacy-restore && iptables-legacy-save -t nat",
+    ])
+    .status
+    .code()
+        != Some(0)
+    {
+        eprintln!("SKIPPED: iptables-legacy not usable here");
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.flavor = "-legacy".into();
+    lab.add_pod("pod0", 10, &[8080], &[]);
+    lab.add_pod("pod1", 11, &[8080], &[]);
+    lab.write("web.yaml", &(service("web", "{type: NodePort, clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}") + &slice("web-1", "web", "[{port: 8080}]", &[("10.244.1.10", NODE_NAME), ("10.244.1.11", NODE_NAME)])));
+    lab.start_proxy(&["--iptables-backend", "legacy"]);
+    let node = lab.node.clone();
+    wait_until("ClusterIP answers", WAIT, || {
+        curl(&node, "http://10.96.0.10/", 1).is_ok()
+    });
+    at_least_each(
+        &spread(&node, "http://10.96.0.10/", 30),
+        &["pod0:8080", "pod1:8080"],
+        3,
+    );
+    let client = lab.client.clone();
+    assert!(curl(&client, &format!("http://{NODE_IP}:30080/"), 2).is_ok());
+    assert!(lab.save(false, "nat").contains("test/web cluster IP"));
+    assert!(lab.log().contains("legacy=true"), "{}", lab.log());
+    lab.stop_proxy(false);
+    let out = lab.in_ns(
+        &node,
+        &[
+            env!("CARGO_BIN_EXE_kube-proxy-rs"),
+            "--cleanup",
+            "--iptables-backend",
+            "legacy",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!lab.save(false, "nat").contains("KUBE-"));
+}
+
+#[test]
+fn auto_mode_follows_kubelets_iptables_mode() {
+    require_kernel!();
+    if run(&[
+        "sh",
+        "-c",
+        "command -v iptables-legacy && iptables-legacy-save -t mangle",
+    ])
+    .status
+    .code()
+        != Some(0)
+    {
+        eprintln!("SKIPPED: iptables-legacy not usable here");
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.flavor = "-legacy".into();
+    // kubelet's hint chain, in legacy mode: the proxy must write there too.
+    let out = lab.in_ns(
+        &lab.node.clone(),
+        &[
+            "iptables-legacy",
+            "-t",
+            "mangle",
+            "-N",
+            "KUBE-IPTABLES-HINT",
+        ],
+    );
+    assert!(out.status.success());
+    lab.add_pod("pod0", 10, &[8080], &[]);
+    lab.write(
+        "web.yaml",
+        &(service(
+            "web",
+            "{clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080}]}",
+        ) + &slice(
+            "web-1",
+            "web",
+            "[{port: 8080}]",
+            &[("10.244.1.10", NODE_NAME)],
+        )),
+    );
+    lab.start_proxy(&[]);
+    let node = lab.node.clone();
+    wait_until("ClusterIP answers", WAIT, || {
+        curl(&node, "http://10.96.0.10/", 1).is_ok()
+    });
+    assert!(
+        lab.save(false, "nat").contains("test/web cluster IP"),
+        "rules in legacy tables"
+    );
+    assert!(lab
+        .log()
+        .contains("following the iptables mode kubelet uses"));
+}
+
+#[test]
+fn no_failed_connections_across_sigkill_restarts() {
+    require_kernel!();
+    let mut lab = Lab::new();
+    pods3(&mut lab);
+    lab.write("web.yaml", &(service("web", "{type: NodePort, clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}") + &slice("web-1", "web", "[{port: 8080}]", &LOCAL3)));
+    lab.start_proxy(&[]);
+    let node = lab.node.clone();
+    wait_until("ClusterIP answers", WAIT, || {
+        curl(&node, "http://10.96.0.10/", 1).is_ok()
+    });
+    // 100 new connections per second for 12 s, to the ClusterIP from a pod and to
+    // the NodePort from the external client, while the proxy is SIGKILLed and
+    // restarted twice.
+    let load = |ns: String, host: &'static str, port: &'static str| {
+        std::thread::spawn(move || {
+            let script = path_str(&root().join("scripts/loadgen.py"));
+            let out = run(&[
+                "ip", "netns", "exec", &ns, "python3", &script, host, port, "100", "12",
+            ]);
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+    };
+    let a = load(lab.pod_ns("pod1"), "10.96.0.10", "80");
+    let b = load(lab.client.clone(), NODE_IP, "30080");
+    let mut samples_without_rules = 0;
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_secs(2));
+        lab.stop_proxy(true);
+        for _ in 0..5 {
+            if !lab.save(false, "nat").contains("test/web cluster IP") {
+                samples_without_rules += 1;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        lab.start_proxy(&[]);
+        for _ in 0..10 {
+            if !lab.save(false, "nat").contains("test/web cluster IP") {
+                samples_without_rules += 1;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    println!("restart load, ClusterIP from a pod: {a}");
+    println!("restart load, NodePort from the client: {b}");
+    assert_eq!(samples_without_rules, 0, "rules vanished during a restart");
+    for r in [&a, &b] {
+        let v: serde_json::Value = serde_json::from_str(r).unwrap();
+        assert_eq!(v["attempted"], 1200, "{r}");
+        assert_eq!(v["failed"], 0, "{r}");
+    }
+}
