@@ -162,20 +162,8 @@ pub fn jumps() -> Vec<Jump> {
             "kubernetes load balancer firewall",
             true,
         ),
-        (
-            Table::Filter,
-            "INPUT",
-            KUBE_FIREWALL,
-            "kubernetes firewall for dropping marked packets",
-            false,
-        ),
-        (
-            Table::Filter,
-            "OUTPUT",
-            KUBE_FIREWALL,
-            "kubernetes firewall for dropping marked packets",
-            false,
-        ),
+        (Table::Filter, "INPUT", KUBE_FIREWALL, "", false),
+        (Table::Filter, "OUTPUT", KUBE_FIREWALL, "", false),
         (
             Table::Nat,
             "OUTPUT",
@@ -204,11 +192,16 @@ pub fn jumps() -> Vec<Jump> {
             if *ctnew {
                 args.extend(new.iter().map(|s| s.to_string()));
             }
-            args.extend(
-                ["-m", "comment", "--comment", comment, "-j", to]
-                    .iter()
-                    .map(|s| s.to_string()),
-            );
+            // Upstream's KUBE-FIREWALL jumps (kubelet's, once) carry no comment;
+            // matching them exactly keeps a takeover from adding duplicates.
+            if !comment.is_empty() {
+                args.extend(
+                    ["-m", "comment", "--comment", comment]
+                        .iter()
+                        .map(|s| s.to_string()),
+                );
+            }
+            args.extend(["-j", to].iter().map(|s| s.to_string()));
             Jump {
                 table: *table,
                 from,

@@ -339,3 +339,46 @@ mod backend_with_fake_kernel {
         assert!(last.contains("-X KUBE-SVC-STALESTALESTALE1"), "{last}");
     }
 }
+
+#[test]
+fn every_jump_target_exists_for_all_policy_combinations() {
+    for (itp, etp) in [(false, false), (true, false), (false, true), (true, true)] {
+        let mut local = ep("10.244.1.10", 8080);
+        local.is_local = true;
+        let mut p = sp(
+            "ns",
+            "web",
+            "",
+            Protocol::Tcp,
+            "10.96.0.10",
+            80,
+            vec![local, ep("10.244.2.10", 8080)],
+        );
+        p.node_port = Some(30080);
+        p.internal_policy_local = itp;
+        p.external_policy_local = etp;
+        let f = render_service_port(
+            &p,
+            &RenderConfig {
+                cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+                ..RenderConfig::new(Family::V4)
+            },
+        );
+        let declared: BTreeSet<&str> = f.chains.iter().map(|c| c.name.as_str()).collect();
+        let rules = f
+            .chains
+            .iter()
+            .flat_map(|c| c.rules.iter())
+            .chain(f.shared.iter().map(|(_, r)| r));
+        for r in rules {
+            if let Some(t) = r.split(" -j ").nth(1).map(|t| t.split(' ').next().unwrap()) {
+                if is_service_chain(t) {
+                    assert!(
+                        declared.contains(t),
+                        "itp={itp} etp={etp}: {t} not declared, used by {r}"
+                    );
+                }
+            }
+        }
+    }
+}

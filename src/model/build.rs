@@ -342,7 +342,8 @@ fn collect_endpoints(
                 };
                 let cond = ep.conditions.as_ref();
                 let ready = cond.and_then(|c| c.ready).unwrap_or(true);
-                let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
+                // As upstream: an absent `serving` counts as serving.
+                let serving = cond.and_then(|c| c.serving).unwrap_or(true);
                 let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
                 let endpoint = Endpoint {
                     ip,

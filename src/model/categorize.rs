@@ -16,8 +16,10 @@ pub struct Categorized<'a> {
 }
 
 /// Traffic uses cluster-wide endpoints for some destination.
+/// (Externally reachable ports always do: their EXT chain sends pod and
+/// node-local sources to the cluster-policy chain, whatever the policies.)
 pub fn uses_cluster_endpoints(sp: &ServicePort) -> bool {
-    !sp.internal_policy_local || (sp.has_external() && !sp.external_policy_local)
+    !sp.internal_policy_local || sp.has_external()
 }
 
 /// Traffic uses node-local endpoints for some destination.

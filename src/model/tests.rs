@@ -233,7 +233,10 @@ fn conditions_default_like_upstream() {
     );
     let e = &ports_of(&s, &[&sl])[0].endpoints;
     assert!(e[0].ready && e[0].serving && !e[0].terminating);
-    assert!(!e[1].ready && !e[1].serving && !e[1].terminating);
+    assert!(
+        !e[1].ready && e[1].serving && !e[1].terminating,
+        "absent serving counts as serving"
+    );
     assert!(!e[2].ready && e[2].serving && e[2].terminating);
 }
 
