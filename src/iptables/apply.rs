@@ -204,9 +204,14 @@ pub fn detect_flavor() -> IptablesFlavor {
             })
             .unwrap_or(false)
     };
+    // Reading a legacy table creates it; look only where kubelet could have
+    // written (a legacy mangle table already registered in this namespace).
+    let legacy_mangle = std::fs::read_to_string("/proc/net/ip_tables_names")
+        .map(|t| t.lines().any(|l| l == "mangle"))
+        .unwrap_or(false);
     match (
         has_hint("iptables-nft-save"),
-        has_hint("iptables-legacy-save"),
+        legacy_mangle && has_hint("iptables-legacy-save"),
     ) {
         (false, true) => IptablesFlavor::Legacy,
         (true, false) => IptablesFlavor::Nft,
