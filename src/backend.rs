@@ -59,4 +59,10 @@ pub trait Backend: Send {
 
     /// Removes everything this proxy owns from the kernel.
     fn cleanup(&mut self) -> Result<()>;
+
+    /// After a successful sync: run another (incremental) sync after this
+    /// delay even if nothing changes (e.g. real servers still draining).
+    fn follow_up(&self) -> Option<std::time::Duration> {
+        None
+    }
 }

@@ -68,6 +68,15 @@ pub struct Flags {
     /// CIDRs of node addresses that accept NodePort traffic (comma separated).
     #[arg(long, value_name = "CIDR[,CIDR]")]
     pub nodeport_addresses: Option<String>,
+    /// IPVS scheduler (rr, wrr, lc, sh, mh, ...); ipvs mode only.
+    #[arg(long, value_name = "NAME")]
+    pub ipvs_scheduler: Option<String>,
+    /// Set arp_ignore=1 and arp_announce=2 (needed by MetalLB L2); ipvs mode only.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub ipvs_strict_arp: Option<bool>,
+    /// CIDRs whose IPVS virtual servers the proxy never touches (comma separated).
+    #[arg(long, value_name = "CIDR[,CIDR]")]
+    pub ipvs_exclude_cidrs: Option<String>,
     /// How often rules are checked and repaired (e.g. 30s, 1m).
     #[arg(long, value_parser = parse_duration, alias = "iptables-sync-period", alias = "ipvs-sync-period")]
     pub sync_period: Option<Duration>,
@@ -145,6 +154,7 @@ pub struct Settings {
     pub json_logs: bool,
     pub ipvs_scheduler: String,
     pub strict_arp: bool,
+    pub ipvs_exclude_cidrs: Vec<IpNet>,
     pub healthz_bind_address: Option<std::net::SocketAddr>,
     pub metrics_bind_address: Option<std::net::SocketAddr>,
     pub bind_address_hard_fail: bool,
@@ -317,11 +327,34 @@ impl Flags {
             ipv6,
             verbosity: self.verbosity.unwrap_or(0),
             json_logs: log_format == "json",
-            ipvs_scheduler: ipvs
-                .and_then(|i| i.scheduler.clone())
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "rr".into()),
-            strict_arp: ipvs.and_then(|i| i.strict_arp).unwrap_or(false),
+            ipvs_scheduler: {
+                let sched = self
+                    .ipvs_scheduler
+                    .clone()
+                    .or(ipvs.and_then(|i| i.scheduler.clone()))
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "rr".into());
+                if sched.len() > crate::ipvs::wire::SCHED_NAME_MAX
+                    || !sched
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                {
+                    bail!("invalid IPVS scheduler {sched:?} (expected a name such as rr, wrr, lc, sh, mh)");
+                }
+                sched
+            },
+            strict_arp: self
+                .ipvs_strict_arp
+                .or(ipvs.and_then(|i| i.strict_arp))
+                .unwrap_or(false),
+            ipvs_exclude_cidrs: parse_cidrs(
+                &self.ipvs_exclude_cidrs.clone().unwrap_or_else(|| {
+                    ipvs.and_then(|i| i.exclude_cidrs.clone())
+                        .unwrap_or_default()
+                        .join(",")
+                }),
+                "ipvs exclude CIDR",
+            )?,
             healthz_bind_address: parse_bind(
                 self.healthz_bind_address
                     .as_deref()

@@ -311,7 +311,6 @@ impl KubeProxyConfiguration {
             note(c.burst.is_some(), "clientConnection.burst");
         }
         if let Some(i) = &self.ipvs {
-            note(i.exclude_cidrs.is_some(), "ipvs.excludeCIDRs");
             note(i.tcp_timeout.is_some(), "ipvs.tcpTimeout");
             note(i.tcp_fin_timeout.is_some(), "ipvs.tcpFinTimeout");
             note(i.udp_timeout.is_some(), "ipvs.udpTimeout");

@@ -97,9 +97,12 @@ fn node_context(s: &Settings) -> NodeContext {
 pub fn cleanup(flags: &Flags) -> Result<()> {
     let s = flags.settings()?;
     init_logging(&s);
+    // Both modes' leftovers go, as upstream's --cleanup does: first the
+    // iptables-mode chains (they reference KUBE-MARK-MASQ), then IPVS mode's.
     let mut backend = IptablesBackend::new(kernel_factory(&s), render_configs(&s, &[]), None);
     backend.cleanup()?;
-    tracing::info!("removed all kube-proxy rules and chains");
+    ipvs_backend(&s).cleanup()?;
+    tracing::info!("removed all kube-proxy rules, chains, virtual servers, ipsets and kube-ipvs0");
     Ok(())
 }
 
@@ -112,10 +115,12 @@ pub fn render(args: &RenderArgs) -> Result<()> {
     let SourceSpec::Dir(dir) = &s.source else {
         bail!("render needs --source dir:PATH");
     };
-    if s.mode != ProxyMode::Iptables {
-        bail!("render: proxy mode ipvs is not available yet");
-    }
-    let local_ips = if s.nodeport_addresses.is_empty() {
+    let local_ips = if s.mode == ProxyMode::Ipvs {
+        node::local_addresses()
+            .into_iter()
+            .filter(crate::ipvs::link::usable_host_address)
+            .collect()
+    } else if s.nodeport_addresses.is_empty() {
         vec![]
     } else {
         node::local_addresses()
@@ -128,13 +133,45 @@ pub fn render(args: &RenderArgs) -> Result<()> {
     Ok(())
 }
 
-/// What `render` prints for the objects in `dir`, and the problems found
-/// (each naming its object). Pure apart from reading `dir`.
-pub fn render_text(
-    s: &Settings,
-    dir: &std::path::Path,
-    local_ips: &[std::net::IpAddr],
-) -> (String, Vec<String>) {
+/// The IPVS backend's settings from the proxy's.
+pub fn ipvs_settings(s: &Settings) -> crate::ipvs::IpvsSettings {
+    crate::ipvs::IpvsSettings {
+        scheduler: s.ipvs_scheduler.clone(),
+        strict_arp: s.strict_arp,
+        exclude_cidrs: s.ipvs_exclude_cidrs.clone(),
+        nodeport_addresses: s.nodeport_addresses.clone(),
+        nodeport_primary: s.nodeport_primary,
+        glue: render_configs(s, &[])
+            .into_iter()
+            .map(|c| crate::ipvs::glue::GlueConfig {
+                family: c.family,
+                masquerade_all: c.masquerade_all,
+                cluster_cidr: c.cluster_cidrs.first().copied(),
+                masquerade_bit: c.masquerade_bit,
+                random_fully: c.random_fully,
+            })
+            .collect(),
+        drain_timeout: Duration::from_secs(15 * 60),
+        drain_check: Duration::from_secs(2),
+        sysctl_root: "/proc/sys".into(),
+    }
+}
+
+fn ipvs_backend(s: &Settings) -> crate::ipvs::IpvsBackend {
+    use crate::ipvs::{apply::SystemIpset, link::SystemLink, netlink::IpvsSocket};
+    crate::ipvs::IpvsBackend::new(
+        ipvs_settings(s),
+        Arc::new(|| {
+            Ok(Box::new(IpvsSocket::connect()?) as Box<dyn crate::ipvs::netlink::IpvsKernel>)
+        }),
+        Arc::new(|| Box::new(SystemLink) as Box<dyn crate::ipvs::link::LinkKernel>),
+        kernel_factory(s),
+        Box::new(SystemIpset),
+    )
+}
+
+/// The service ports the objects in `dir` yield, and the problems found.
+pub fn load_ports(s: &Settings, dir: &std::path::Path) -> (Vec<ServicePort>, Vec<String>) {
     let (services, slices, errors) = source::dir::load_once(dir);
     let mut problems: Vec<String> = errors.into_iter().map(|e| format!("error: {e}")).collect();
     let ctx = node_context(s);
@@ -156,6 +193,21 @@ pub fn render_text(
         }
     }
     ports.sort_by(|a, b| a.key.cmp(&b.key));
+    (ports, problems)
+}
+
+/// What `render` prints for the objects in `dir`, and the problems found
+/// (each naming its object). Pure apart from reading `dir`.
+pub fn render_text(
+    s: &Settings,
+    dir: &std::path::Path,
+    local_ips: &[std::net::IpAddr],
+) -> (String, Vec<String>) {
+    let (ports, problems) = load_ports(s, dir);
+    if s.mode == ProxyMode::Ipvs {
+        let text = crate::ipvs::render::render(&ports, &ipvs_settings(s), local_ips);
+        return (text, problems);
+    }
     let mut out = String::new();
     for cfg in render_configs(s, local_ips) {
         let fam: Vec<&ServicePort> = ports
@@ -202,11 +254,12 @@ pub fn render_text(
 pub fn daemon(flags: &Flags) -> Result<()> {
     let s = flags.settings()?;
     init_logging(&s);
-    if s.mode == ProxyMode::Ipvs {
-        bail!("proxy mode ipvs is not available in this build yet; use --proxy-mode iptables");
-    }
+    let mode = match s.mode {
+        ProxyMode::Iptables => "iptables",
+        ProxyMode::Ipvs => "ipvs",
+    };
     tracing::info!(
-        mode = "iptables",
+        mode,
         node = %s.node_name,
         cluster_cidrs = ?s.cluster_cidrs,
         min_sync_period = ?s.min_sync_period,
@@ -214,19 +267,29 @@ pub fn daemon(flags: &Flags) -> Result<()> {
         source = ?s.source,
         "starting kube-proxy-rs"
     );
-    if s.localhost_nodeports && s.ipv4 {
+    if s.mode == ProxyMode::Iptables && s.localhost_nodeports && s.ipv4 {
         if let Err(e) = node::set_sysctl("net.ipv4.conf.all.route_localnet", "1") {
             tracing::warn!(error = %e, "cannot enable route_localnet; NodePorts on 127.0.0.1 will not work");
         }
     }
-    let local_ips = node::local_addresses();
-    let mut iptables = IptablesBackend::new(
-        kernel_factory(&s),
-        render_configs(&s, &local_ips),
-        s.max_payload_lines,
-    );
-    iptables.nodeport_primary = s.nodeport_primary;
-    let backend: Box<dyn Backend> = Box::new(iptables);
+    let backend: Box<dyn Backend> = match s.mode {
+        ProxyMode::Iptables => {
+            let local_ips = node::local_addresses();
+            let mut iptables = IptablesBackend::new(
+                kernel_factory(&s),
+                render_configs(&s, &local_ips),
+                s.max_payload_lines,
+            );
+            iptables.nodeport_primary = s.nodeport_primary;
+            Box::new(iptables)
+        }
+        ProxyMode::Ipvs => {
+            if let Err(e) = crate::ipvs::netlink::IpvsSocket::connect() {
+                tracing::error!(error = %format!("{e:#}"), "IPVS is not usable on this node; syncs will fail until it is");
+            }
+            Box::new(ipvs_backend(&s))
+        }
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -235,7 +298,7 @@ pub fn daemon(flags: &Flags) -> Result<()> {
     let shared = Arc::new(Shared {
         health: Health::new(2 * s.sync_period),
         metrics: Metrics::new(),
-        proxy_mode: "iptables",
+        proxy_mode: mode,
     });
     rt.block_on(async move {
         for (addr, router, what) in [

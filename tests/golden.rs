@@ -83,3 +83,20 @@ fn golden_hostile_input() {
         ],
     );
 }
+
+#[test]
+fn golden_ipvs_mode() {
+    check(
+        "ipvs",
+        &[
+            "--proxy-mode",
+            "ipvs",
+            "--source",
+            "dir:tests/fixtures/golden",
+            "--hostname-override",
+            "node-a",
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00:244::/48",
+        ],
+    );
+}

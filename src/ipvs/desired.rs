@@ -2,8 +2,9 @@
 //! and the addresses to bind on kube-ipvs0. Then the diff against what the
 //! kernel holds, with graceful draining of removed real servers.
 
+use super::ipset::SetKind;
 use super::wire::{DestStats, Destination, ServiceId, VirtualServer};
-use crate::model::{categorize, Endpoint, Family, ServicePort};
+use crate::model::{categorize, Endpoint, Family, Protocol, ServicePort};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -14,8 +15,11 @@ pub struct IpvsConfig {
     pub scheduler: String,
     /// Node addresses NodePorts are served on.
     pub node_ips: Vec<IpAddr>,
-    /// How long a removed real server may drain (weight 0) before deletion.
+    /// How long a removed TCP real server may drain (weight 0) before deletion.
     pub drain_timeout: Duration,
+    /// Addresses already on another interface of the node: an externalIP or
+    /// load-balancer IP among them is not bound to kube-ipvs0 again.
+    pub host_addresses: BTreeSet<IpAddr>,
 }
 
 /// Desired state of one node.
@@ -24,6 +28,17 @@ pub struct Desired {
     pub services: BTreeMap<ServiceId, (VirtualServer, BTreeSet<Destination>)>,
     /// VIPs to bind as /32 (/128) on kube-ipvs0.
     pub addresses: BTreeSet<IpAddr>,
+}
+
+/// What one service port asks of the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contribution {
+    pub services: Vec<(VirtualServer, BTreeSet<Destination>)>,
+    pub addresses: Vec<IpAddr>,
+    /// ipset entries (KUBE-IPVS-IPS is derived from the bound addresses).
+    pub entries: Vec<(SetKind, String)>,
+    /// Load-balancer VIPs the node itself must not reach (source ranges).
+    pub out_filter: Vec<(IpAddr, &'static str, u16)>,
 }
 
 fn dests(eps: &[&Endpoint]) -> BTreeSet<Destination> {
@@ -36,49 +51,142 @@ fn dests(eps: &[&Endpoint]) -> BTreeSet<Destination> {
         .collect()
 }
 
-/// Builds the desired state from all service ports.
+/// `ip,proto:port` as ipset writes hash:ip,port entries.
+fn ip_port(ip: &IpAddr, proto: &str, port: u16) -> String {
+    format!("{ip},{proto}:{port}")
+}
+
+/// Everything one service port needs: its virtual servers with real
+/// servers, the VIPs to bind, and its ipset entries.
+pub fn contribution(sp: &ServicePort, cfg: &IpvsConfig) -> Contribution {
+    let mut c = Contribution::default();
+    let Some(cip) = sp.cluster_ip else { return c };
+    let cat = categorize(sp);
+    let internal = if sp.internal_policy_local {
+        &cat.local
+    } else {
+        &cat.cluster
+    };
+    let external = if sp.external_policy_local {
+        &cat.local
+    } else {
+        &cat.cluster
+    };
+    let proto = sp.key.protocol.lower();
+    let vs = |addr: IpAddr, port: u16| VirtualServer {
+        id: ServiceId {
+            addr,
+            protocol: sp.key.protocol,
+            port,
+        },
+        scheduler: cfg.scheduler.clone(),
+        persistence: sp.affinity_timeout,
+    };
+    c.services.push((vs(cip, sp.port), dests(internal)));
+    c.addresses.push(cip);
+    c.entries
+        .push((SetKind::ClusterIp, ip_port(&cip, proto, sp.port)));
+    for ep in sp.endpoints.iter().filter(|e| e.is_local) {
+        c.entries.push((
+            SetKind::LoopBack,
+            format!("{},{proto}:{},{}", ep.ip, ep.port, ep.ip),
+        ));
+    }
+    for ip in &sp.external_ips {
+        c.services.push((vs(*ip, sp.port), dests(external)));
+        if !cfg.host_addresses.contains(ip) {
+            c.addresses.push(*ip);
+        }
+        let kind = if sp.external_policy_local {
+            SetKind::ExternalIpLocal
+        } else {
+            SetKind::ExternalIp
+        };
+        c.entries.push((kind, ip_port(ip, proto, sp.port)));
+    }
+    let node_ip = cfg
+        .node_ips
+        .iter()
+        .find(|ip| Family::of(ip) == sp.key.family);
+    for ip in &sp.load_balancer_ips {
+        c.services.push((vs(*ip, sp.port), dests(external)));
+        if !cfg.host_addresses.contains(ip) {
+            c.addresses.push(*ip);
+        }
+        let e = ip_port(ip, proto, sp.port);
+        c.entries.push((SetKind::LoadBalancer, e.clone()));
+        if sp.external_policy_local {
+            c.entries.push((SetKind::LoadBalancerLocal, e.clone()));
+        }
+        let ranges: Vec<_> = sp
+            .load_balancer_source_ranges
+            .iter()
+            .filter(|r| Family::of_net(r) == sp.key.family)
+            .collect();
+        if !ranges.is_empty() {
+            c.entries.push((SetKind::LoadBalancerFw, e.clone()));
+            for r in &ranges {
+                c.entries
+                    .push((SetKind::LoadBalancerSourceCidr, format!("{e},{r}")));
+            }
+            if node_ip.is_some_and(|n| ranges.iter().any(|r| r.contains(n))) {
+                c.entries
+                    .push((SetKind::LoadBalancerSourceIp, format!("{e},{ip}")));
+            } else {
+                c.out_filter.push((*ip, proto, sp.port));
+            }
+        }
+    }
+    if let Some(np) = sp.node_port {
+        let node_ips: Vec<_> = cfg
+            .node_ips
+            .iter()
+            .filter(|ip| Family::of(ip) == sp.key.family)
+            .collect();
+        for ip in &node_ips {
+            c.services.push((vs(**ip, np), dests(external)));
+        }
+        if !node_ips.is_empty() {
+            let local = sp.external_policy_local;
+            let port = np.to_string();
+            let mut add = |all: SetKind, loc: SetKind, entry: String| {
+                if local {
+                    c.entries.push((loc, entry.clone()));
+                }
+                c.entries.push((all, entry));
+            };
+            match sp.key.protocol {
+                Protocol::Tcp => add(SetKind::NodePortTcp, SetKind::NodePortLocalTcp, port),
+                Protocol::Udp => add(SetKind::NodePortUdp, SetKind::NodePortLocalUdp, port),
+                Protocol::Sctp => {
+                    for ip in &node_ips {
+                        add(
+                            SetKind::NodePortSctp,
+                            SetKind::NodePortLocalSctp,
+                            ip_port(ip, proto, np),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    if let Some(hc) = sp.health_check_node_port {
+        c.entries
+            .push((SetKind::HealthCheckNodePort, hc.to_string()));
+    }
+    c
+}
+
+/// Builds the whole desired state from all service ports (for `render` and
+/// tests; the backend keeps it incrementally, see `state`).
 pub fn desired<'a>(ports: impl IntoIterator<Item = &'a ServicePort>, cfg: &IpvsConfig) -> Desired {
     let mut d = Desired::default();
     for sp in ports {
-        let Some(cip) = sp.cluster_ip else { continue };
-        let c = categorize(sp);
-        let internal = if sp.internal_policy_local {
-            &c.local
-        } else {
-            &c.cluster
-        };
-        let external = if sp.external_policy_local {
-            &c.local
-        } else {
-            &c.cluster
-        };
-        let vs = |addr: IpAddr, port: u16| VirtualServer {
-            id: ServiceId {
-                addr,
-                protocol: sp.key.protocol,
-                port,
-            },
-            scheduler: cfg.scheduler.clone(),
-            persistence: sp.affinity_timeout,
-        };
-        let mut add = |v: VirtualServer, eps: &[&Endpoint]| {
-            d.services.insert(v.id.clone(), (v, dests(eps)));
-        };
-        add(vs(cip, sp.port), internal);
-        d.addresses.insert(cip);
-        for ip in sp.external_ips.iter().chain(&sp.load_balancer_ips) {
-            add(vs(*ip, sp.port), external);
-            d.addresses.insert(*ip);
+        let c = contribution(sp, cfg);
+        for (v, ds) in c.services {
+            d.services.insert(v.id.clone(), (v, ds));
         }
-        if let Some(np) = sp.node_port {
-            for ip in cfg
-                .node_ips
-                .iter()
-                .filter(|ip| Family::of(ip) == sp.key.family)
-            {
-                add(vs(*ip, np), external);
-            }
-        }
+        d.addresses.extend(c.addresses);
     }
     d
 }
@@ -145,7 +253,8 @@ pub fn diff(
             }
             let key = (id.clone(), c.addr, c.port);
             let since = *draining.entry(key.clone()).or_insert(now);
-            let idle = stats.active == 0 && stats.inactive == 0;
+            // Only TCP has connections worth waiting for (as upstream).
+            let idle = (stats.active == 0 && stats.inactive == 0) || id.protocol != Protocol::Tcp;
             if c.weight > 0 && !idle {
                 ops.push(Op::UpdateDest(
                     id.clone(),
@@ -203,6 +312,7 @@ mod tests {
             scheduler: "rr".into(),
             node_ips: vec!["192.168.10.5".parse().unwrap(), "fd00::5".parse().unwrap()],
             drain_timeout: Duration::from_secs(30),
+            host_addresses: BTreeSet::new(),
         }
     }
 

@@ -1,6 +1,23 @@
-//! The IPVS backend (`--proxy-mode ipvs`). The netlink wire format is in
-//! [`wire`] (pure, byte-tested). Selecting ipvs mode is refused with a clear
-//! error at startup until the backend's applier and its QEMU-guest tests land.
+//! The IPVS backend (`--proxy-mode ipvs`): every VIP bound to the dummy link
+//! kube-ipvs0, one IPVS virtual server per VIP:port with NAT real servers,
+//! and a small set of ipset-driven iptables rules around them.
+//!
+//! Pure: [`wire`] (netlink attributes), [`desired`] (model -> desired state
+//! and the diff), [`state`] (incremental desired state), [`ipset`], [`glue`]
+//! (iptables payload), [`sysctl`] (plan), [`render`] (text for `render`).
+//! I/O: [`netlink`] (IPVS over generic netlink), [`link`] (rtnetlink),
+//! [`apply`] (ipset restore); [`backend`] ties them to the sync loop.
 
+pub mod apply;
+pub mod backend;
 pub mod desired;
+pub mod glue;
+pub mod ipset;
+pub mod link;
+pub mod netlink;
+pub mod render;
+pub mod state;
+pub mod sysctl;
 pub mod wire;
+
+pub use backend::{IpvsBackend, IpvsSettings};

@@ -88,6 +88,8 @@ struct Loop {
     pending_services: usize,
     pending_endpoints: usize,
     events: Option<EventSink>,
+    /// A sync the backend asked for (see `Backend::follow_up`).
+    wake_at: Option<Instant>,
 }
 
 impl Loop {
@@ -96,7 +98,11 @@ impl Loop {
     }
 
     fn has_work(&self) -> bool {
-        self.ready() && (self.need_full || self.cleanup_pending || !self.pending.is_empty())
+        self.ready()
+            && (self.need_full
+                || self.cleanup_pending
+                || !self.pending.is_empty()
+                || self.wake_at.is_some())
     }
 
     fn deadline(&self) -> Instant {
@@ -104,7 +110,13 @@ impl Loop {
             .last_sync
             .map(|t| t + self.cfg.min_sync_period)
             .unwrap_or_else(Instant::now);
-        after_min.max(self.not_before)
+        let d = after_min.max(self.not_before);
+        match self.wake_at {
+            Some(w) if !self.need_full && !self.cleanup_pending && self.pending.is_empty() => {
+                d.max(w)
+            }
+            _ => d,
+        }
     }
 
     fn take(&mut self, msg: SourceMsg) {
@@ -246,6 +258,7 @@ impl Loop {
     fn sync(&mut self) {
         let started = Instant::now();
         let full = self.need_full;
+        self.wake_at = None;
         let result = tokio::task::block_in_place(|| {
             self.backend.sync(&self.model.ports, &self.pending, full)
         });
@@ -269,6 +282,7 @@ impl Loop {
                     "synced"
                 );
                 self.after_success(&stats, started.elapsed());
+                self.wake_at = self.backend.follow_up().map(|d| Instant::now() + d);
                 self.pending.clear();
                 self.need_full = false;
                 self.cleanup_pending = false;
@@ -338,6 +352,7 @@ pub async fn run(
         pending_endpoints: 0,
         events,
         cfg,
+        wake_at: None,
     };
     let mut tick = tokio::time::interval(lp.cfg.sync_period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

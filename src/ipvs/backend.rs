@@ -1,0 +1,577 @@
+//! The IPVS backend: keeps the desired state incrementally ([`Aggregate`]),
+//! diffs it against what it last saw in the kernel, and applies only the
+//! difference: ipset entries, kube-ipvs0 addresses, virtual/real servers,
+//! and (when a set becomes empty or non-empty) the small iptables payload.
+
+use super::apply::IpsetKernel;
+use super::desired::{diff, Current, Desired, Draining, IpvsConfig, Op};
+use super::glue::{self, GlueConfig, FILTER_CHAINS, NAT_CHAINS};
+use super::ipset::{self, SetKind};
+use super::link::LinkKernel;
+use super::netlink::IpvsKernel;
+use super::state::{Aggregate, Touched};
+use super::sysctl;
+use super::wire::ServiceId;
+use crate::backend::{Backend, Ports, ScanJob, ScanResult, SyncStats, VerifyJob};
+use crate::iptables::apply::{declared_chains, Kernel};
+use crate::iptables::backend::KernelFactory;
+use crate::iptables::render::Table;
+use crate::model::{Family, ServicePortKey};
+use anyhow::{Context, Result};
+use ipnet::IpNet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Opens the IPVS netlink socket (lazily: a node without IPVS fails its
+/// syncs with a clear error instead of crashing at start).
+pub type IpvsFactory = Arc<dyn Fn() -> Result<Box<dyn IpvsKernel>> + Send + Sync>;
+pub type LinkFactory = Arc<dyn Fn() -> Box<dyn LinkKernel> + Send + Sync>;
+
+/// Settings of the IPVS backend.
+#[derive(Debug, Clone)]
+pub struct IpvsSettings {
+    pub scheduler: String,
+    pub strict_arp: bool,
+    /// `ipvs.excludeCIDRs`: virtual servers there are never touched.
+    pub exclude_cidrs: Vec<IpNet>,
+    /// `--nodeport-addresses`; empty: every address of the node.
+    pub nodeport_addresses: Vec<IpNet>,
+    /// `--nodeport-addresses primary`: the Node object's primary IPs.
+    pub nodeport_primary: bool,
+    /// One per enabled family.
+    pub glue: Vec<GlueConfig>,
+    /// TCP real servers still carrying connections are deleted after this.
+    pub drain_timeout: Duration,
+    /// How often draining real servers are checked.
+    pub drain_check: Duration,
+    /// Where sysctls live (normally /proc/sys; a tempdir in tests).
+    pub sysctl_root: std::path::PathBuf,
+}
+
+/// Ours: a virtual server of an enabled family outside excludeCIDRs (as
+/// upstream, every other virtual server of the family is the proxy's).
+pub fn owned(families: &[Family], exclude: &[IpNet], id: &ServiceId) -> bool {
+    families.contains(&id.family()) && !exclude.iter().any(|n| n.contains(&id.addr))
+}
+
+pub struct IpvsBackend {
+    s: IpvsSettings,
+    cfg: IpvsConfig,
+    ipvs_factory: IpvsFactory,
+    ipvs: Option<Box<dyn IpvsKernel>>,
+    link_factory: LinkFactory,
+    link: Box<dyn LinkKernel>,
+    ipt_factory: KernelFactory,
+    ipt: Box<dyn Kernel>,
+    ipset: Box<dyn IpsetKernel>,
+    agg: Aggregate,
+    /// The kernel's virtual servers as last listed and since changed by us.
+    current: BTreeMap<ServiceId, Current>,
+    /// kube-ipvs0 addresses as last listed and since changed by us.
+    bound: BTreeSet<IpAddr>,
+    /// ipset entries as last read and since written, per family.
+    sets: BTreeMap<Family, ipset::SetEntries>,
+    glue_applied: BTreeMap<Family, String>,
+    draining: Draining,
+    primed: bool,
+    sysctls_done: bool,
+    primary_ips: Vec<IpAddr>,
+}
+
+impl IpvsBackend {
+    pub fn new(
+        s: IpvsSettings,
+        ipvs_factory: IpvsFactory,
+        link_factory: LinkFactory,
+        ipt_factory: KernelFactory,
+        ipset: Box<dyn IpsetKernel>,
+    ) -> Self {
+        let cfg = IpvsConfig {
+            scheduler: s.scheduler.clone(),
+            node_ips: vec![],
+            drain_timeout: s.drain_timeout,
+            host_addresses: BTreeSet::new(),
+        };
+        IpvsBackend {
+            link: link_factory(),
+            ipt: ipt_factory(),
+            s,
+            cfg,
+            ipvs_factory,
+            ipvs: None,
+            link_factory,
+            ipt_factory,
+            ipset,
+            agg: Aggregate::default(),
+            current: BTreeMap::new(),
+            bound: BTreeSet::new(),
+            sets: BTreeMap::new(),
+            glue_applied: BTreeMap::new(),
+            draining: Draining::new(),
+            primed: false,
+            sysctls_done: false,
+            primary_ips: vec![],
+        }
+    }
+
+    fn families(&self) -> Vec<Family> {
+        self.s.glue.iter().map(|g| g.family).collect()
+    }
+
+    fn ipvs(&mut self) -> Result<&mut Box<dyn IpvsKernel>> {
+        if self.ipvs.is_none() {
+            self.ipvs = Some((self.ipvs_factory)()?);
+        }
+        Ok(self.ipvs.as_mut().expect("just set"))
+    }
+
+    fn apply_sysctls(&mut self) -> Result<()> {
+        if self.sysctls_done {
+            return Ok(());
+        }
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let plan = sysctl::plan(sysctl::kernel_version(release.trim()), self.s.strict_arp);
+        let changed = sysctl::apply(&self.s.sysctl_root, &plan)?;
+        for (key, old) in &changed {
+            let s = plan.iter().find(|s| s.key == key).expect("planned");
+            tracing::info!(sysctl = %key, from = %old, to = s.value, why = s.why, "set sysctl");
+        }
+        if !self.s.strict_arp {
+            tracing::info!("ipvs.strictARP is off: arp_ignore/arp_announce left as they are");
+        }
+        self.sysctls_done = true;
+        Ok(())
+    }
+
+    fn node_ips(&self, host: &BTreeSet<IpAddr>) -> Vec<IpAddr> {
+        if self.s.nodeport_primary {
+            return self.primary_ips.clone();
+        }
+        host.iter()
+            .filter(|ip| {
+                self.s.nodeport_addresses.is_empty()
+                    || self.s.nodeport_addresses.iter().any(|n| n.contains(*ip))
+            })
+            .copied()
+            .collect()
+    }
+
+    /// Re-reads the kernel and rebuilds the desired state from all ports.
+    fn prime(&mut self, ports: &Ports) -> Result<Touched> {
+        self.apply_sysctls()?;
+        if self.link.ensure_link()? {
+            tracing::info!(
+                link = super::link::DUMMY_LINK,
+                "created the dummy link for service addresses"
+            );
+        }
+        let host = self.link.host_addresses()?;
+        self.cfg.node_ips = self.node_ips(&host);
+        self.cfg.host_addresses = host;
+        self.agg.clear();
+        let mut t = Touched::default();
+        for (k, sp) in ports {
+            t.merge(self.agg.set(k, Some(sp), &self.cfg));
+        }
+        self.current = self.ipvs()?.list()?;
+        self.bound = self.link.addresses()?;
+        let save = self.ipset.save()?;
+        for f in self.families() {
+            self.sets.insert(f, ipset::parse_save(f, &save));
+        }
+        t.services.extend(self.current.keys().cloned());
+        t.addresses.extend(self.bound.iter().copied());
+        Ok(t)
+    }
+
+    fn sync_ipsets(&mut self, t: &Touched, full: bool) -> Result<usize> {
+        let mut payload = String::new();
+        let mut changes = 0;
+        for f in self.families() {
+            let applied = self.sets.entry(f).or_default();
+            let want = self.agg.entries(f);
+            let (from, to) = if full {
+                (applied.clone(), want)
+            } else {
+                // Only what this sync touched.
+                let mut from = ipset::SetEntries::new();
+                let mut to = ipset::SetEntries::new();
+                let touched = t
+                    .entries
+                    .iter()
+                    .filter(|(ef, _, _)| *ef == f)
+                    .map(|(_, k, e)| (*k, e.clone()))
+                    .chain(
+                        t.addresses
+                            .iter()
+                            .filter(|a| Family::of(a) == f)
+                            .map(|a| (SetKind::IpvsIps, a.to_string())),
+                    );
+                for (k, e) in touched {
+                    if applied.get(&k).is_some_and(|s| s.contains(&e)) {
+                        from.entry(k).or_default().insert(e.clone());
+                    }
+                    if want.get(&k).is_some_and(|s| s.contains(&e)) {
+                        to.entry(k).or_default().insert(e);
+                    }
+                }
+                (from, to)
+            };
+            let text = ipset::restore_text(f, &from, &to);
+            let n = text.lines().filter(|l| !l.starts_with("create ")).count();
+            if n > 0 || full {
+                payload.push_str(&text);
+                changes += n;
+            }
+        }
+        if payload.is_empty() {
+            return Ok(0);
+        }
+        self.ipset.restore(&payload)?;
+        for f in self.families() {
+            self.sets.insert(f, self.agg.entries(f));
+        }
+        Ok(changes)
+    }
+
+    fn sync_glue(&mut self, full: bool) -> Result<usize> {
+        let mut calls = 0;
+        for g in self.s.glue.clone() {
+            let f = g.family;
+            let text = glue::render(&g, &self.agg.nonempty(f), &self.agg.out_filter(f));
+            if !full && self.glue_applied.get(&f) == Some(&text) {
+                continue;
+            }
+            self.ipt
+                .restore(f, &text)
+                .context("writing the IPVS-mode iptables rules")?;
+            calls += 1;
+            if full {
+                for j in glue::jumps() {
+                    self.ipt.ensure_jump(f, &j)?;
+                }
+            }
+            self.glue_applied.insert(f, text);
+        }
+        Ok(calls)
+    }
+
+    fn apply_op(&mut self, op: &Op) -> Result<()> {
+        self.ipvs()?.apply(op)?;
+        match op {
+            Op::AddService(vs) => {
+                self.current.insert(
+                    vs.id.clone(),
+                    Current {
+                        vs: vs.clone(),
+                        dests: vec![],
+                    },
+                );
+            }
+            Op::UpdateService(vs) => {
+                if let Some(c) = self.current.get_mut(&vs.id) {
+                    c.vs = vs.clone();
+                }
+            }
+            Op::DelService(id) => {
+                self.current.remove(id);
+            }
+            Op::AddDest(id, d) | Op::UpdateDest(id, d) => {
+                if let Some(c) = self.current.get_mut(id) {
+                    match c
+                        .dests
+                        .iter_mut()
+                        .find(|(x, _)| x.addr == d.addr && x.port == d.port)
+                    {
+                        Some(x) => x.0.weight = d.weight,
+                        None => c.dests.push((d.clone(), Default::default())),
+                    }
+                }
+            }
+            Op::DelDest(id, d) => {
+                if let Some(c) = self.current.get_mut(id) {
+                    c.dests
+                        .retain(|(x, _)| !(x.addr == d.addr && x.port == d.port));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_inner(
+        &mut self,
+        ports: &Ports,
+        changed: &BTreeSet<ServicePortKey>,
+        full: bool,
+    ) -> Result<SyncStats> {
+        let full = full || !self.primed;
+        let mut t = if full {
+            self.prime(ports)?
+        } else {
+            let mut t = Touched::default();
+            for k in changed {
+                t.merge(self.agg.set(k, ports.get(k), &self.cfg));
+            }
+            t
+        };
+        // Real servers about to go or draining: read their connection counts
+        // from the kernel (our cache does not follow them).
+        t.services
+            .extend(self.draining.keys().map(|(id, _, _)| id.clone()));
+        let mut refresh = vec![];
+        for id in &t.services {
+            let Some(cur) = self.current.get(id) else {
+                continue;
+            };
+            let want = self.agg.service(id).map(|(_, d)| d);
+            let leaving = cur.dests.iter().any(|(d, _)| {
+                !want.is_some_and(|w| w.iter().any(|x| x.addr == d.addr && x.port == d.port))
+            });
+            if leaving && want.is_some() && id.protocol == crate::model::Protocol::Tcp {
+                refresh.push(id.clone());
+            }
+        }
+        for id in refresh {
+            let dests = self.ipvs()?.dests(&id)?;
+            if let Some(c) = self.current.get_mut(&id) {
+                c.dests = dests;
+            }
+        }
+        let mut stats = SyncStats {
+            full,
+            ..Default::default()
+        };
+        // 1. Sets first, so the rules match the VIPs as they appear.
+        stats.lines += self.sync_ipsets(&t, full)?;
+        stats.calls += self.sync_glue(full)?;
+        // 2. Bind new addresses.
+        let (mut bind, mut unbind) = (vec![], vec![]);
+        for a in &t.addresses {
+            match (self.agg.wants_address(a), self.bound.contains(a)) {
+                (true, false) => bind.push(*a),
+                (false, true) => unbind.push(*a),
+                _ => {}
+            }
+        }
+        for a in bind {
+            self.link.add_address(a)?;
+            self.bound.insert(a);
+            stats.written += 1;
+        }
+        // 3. Virtual and real servers.
+        let desired = Desired {
+            services: t
+                .services
+                .iter()
+                .filter_map(|id| self.agg.service(id).map(|s| (id.clone(), s.clone())))
+                .collect(),
+            addresses: BTreeSet::new(),
+        };
+        let current: BTreeMap<ServiceId, Current> = t
+            .services
+            .iter()
+            .filter_map(|id| self.current.get(id).map(|c| (id.clone(), c.clone())))
+            .collect();
+        let (fams, excl) = (self.families(), self.s.exclude_cidrs.clone());
+        let ops = diff(
+            &current,
+            &desired,
+            &mut self.draining,
+            Instant::now(),
+            self.s.drain_timeout,
+            |id| owned(&fams, &excl, id),
+        );
+        for op in &ops {
+            self.apply_op(op)?;
+            match op {
+                Op::DelService(_) | Op::DelDest(..) => stats.deleted += 1,
+                _ => stats.written += 1,
+            }
+        }
+        stats.calls += ops.len();
+        // 4. Unbind addresses nobody uses any more (after their services went).
+        for a in unbind {
+            self.link.del_address(a)?;
+            self.bound.remove(&a);
+            stats.deleted += 1;
+        }
+        let dests: usize = self.current.values().map(|c| c.dests.len()).sum();
+        stats.table_rules = vec![
+            ("ipvs_services".into(), self.current.len()),
+            ("ipvs_destinations".into(), dests),
+            ("kube_ipvs0_addresses".into(), self.bound.len()),
+        ];
+        self.primed = true;
+        Ok(stats)
+    }
+}
+
+impl Backend for IpvsBackend {
+    fn name(&self) -> &'static str {
+        "ipvs"
+    }
+
+    fn sync(
+        &mut self,
+        ports: &Ports,
+        changed: &BTreeSet<ServicePortKey>,
+        full: bool,
+    ) -> Result<SyncStats> {
+        let r = self.sync_inner(ports, changed, full);
+        if r.is_err() {
+            // Re-read everything next time; drop a socket that may be broken.
+            self.primed = false;
+            self.ipvs = None;
+        }
+        r
+    }
+
+    fn verify_job(&self) -> Option<VerifyJob> {
+        let link_factory = self.link_factory.clone();
+        let ipt_factory = self.ipt_factory.clone();
+        let families = self.families();
+        let expected = self.bound.clone();
+        Some(Box::new(move || {
+            let mut intact = true;
+            let mut link = link_factory();
+            let have = link.addresses()?;
+            if !expected.is_subset(&have) || (have.is_empty() && link.ensure_link()?) {
+                tracing::warn!(
+                    link = super::link::DUMMY_LINK,
+                    "service addresses are missing from the dummy link; repairing"
+                );
+                intact = false;
+            }
+            let mut ipt = ipt_factory();
+            for f in families {
+                for j in glue::jumps() {
+                    match ipt.ensure_jump(f, &j) {
+                        Ok(false) => {}
+                        Ok(true) | Err(_) => {
+                            tracing::warn!(
+                                from = j.from,
+                                table = j.table.name(),
+                                ?f,
+                                "a kube-proxy jump rule was missing; repairing"
+                            );
+                            intact = false;
+                        }
+                    }
+                }
+            }
+            Ok(intact)
+        }))
+    }
+
+    fn scan_job(&self) -> Option<ScanJob> {
+        None
+    }
+
+    fn apply_scan(&mut self, _result: ScanResult) -> bool {
+        false
+    }
+
+    fn set_primary_ips(&mut self, ips: &[IpAddr]) -> bool {
+        if self.primary_ips == ips {
+            return false;
+        }
+        self.primary_ips = ips.to_vec();
+        self.s.nodeport_primary
+    }
+
+    fn cleanup(&mut self) -> Result<()> {
+        let families = self.families();
+        let exclude = self.s.exclude_cidrs.clone();
+        let ipvs = match self.ipvs.take() {
+            Some(k) => Some(k),
+            None => (self.ipvs_factory)().ok(),
+        };
+        cleanup(
+            ipvs,
+            self.link.as_mut(),
+            self.ipt.as_mut(),
+            self.ipset.as_mut(),
+            &families,
+            &exclude,
+        )
+    }
+
+    fn follow_up(&self) -> Option<Duration> {
+        (!self.draining.is_empty()).then_some(self.s.drain_check)
+    }
+}
+
+/// Removes what IPVS mode owns: virtual servers of the given families (but
+/// not in excludeCIDRs), kube-ipvs0, the jumps and chains, and the ipsets.
+pub fn cleanup(
+    ipvs: Option<Box<dyn IpvsKernel>>,
+    link: &mut dyn LinkKernel,
+    ipt: &mut dyn Kernel,
+    ipset: &mut dyn IpsetKernel,
+    families: &[Family],
+    exclude: &[IpNet],
+) -> Result<()> {
+    match ipvs {
+        Some(mut k) => {
+            for id in k.list()?.into_keys() {
+                if owned(families, exclude, &id) {
+                    k.apply(&Op::DelService(id))?;
+                }
+            }
+        }
+        None => tracing::info!("no IPVS in this kernel: no virtual servers to remove"),
+    }
+    link.delete_link()?;
+    for &f in families {
+        if !ipt.available(f) {
+            continue;
+        }
+        for j in glue::jumps() {
+            ipt.delete_jump(f, &j)?;
+        }
+        let mut payload = String::new();
+        for (table, ours) in [
+            (Table::Nat, &NAT_CHAINS[..]),
+            (Table::Filter, &FILTER_CHAINS[..]),
+        ] {
+            let save = ipt.save(f, table)?;
+            let present: Vec<String> = declared_chains(&save)
+                .into_iter()
+                .filter(|c| ours.contains(&c.as_str()))
+                .collect();
+            if present.is_empty() {
+                continue;
+            }
+            payload.push_str(&format!("*{}\n", table.name()));
+            for c in &present {
+                payload.push_str(&format!(":{c} - [0:0]\n"));
+            }
+            for c in &present {
+                payload.push_str(&format!("-X {c}\n"));
+            }
+            payload.push_str("COMMIT\n");
+        }
+        if !payload.is_empty() {
+            ipt.restore(f, &payload)?;
+        }
+    }
+    let existing = ipset.names().unwrap_or_default();
+    let mut destroy = String::new();
+    for f in [Family::V4, Family::V6] {
+        for n in ipset::owned_names(f) {
+            if existing.contains(&n) {
+                destroy.push_str(&format!("destroy {n}\n"));
+            }
+        }
+    }
+    if !destroy.is_empty() {
+        ipset.restore(&destroy)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "backend_tests.rs"]
+mod tests;

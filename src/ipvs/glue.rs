@@ -1,0 +1,433 @@
+//! The iptables rules IPVS mode needs around the virtual servers (pure): the
+//! masquerade marks, NodePort and load-balancer handling, hairpin, and the
+//! filter that stops kube-ipvs0 addresses answering on non-service ports.
+//! Everything matches ipsets, so the payload stays a few dozen lines at any
+//! cluster size and changes only when a set becomes (non-)empty.
+
+use super::ipset::SetKind;
+use crate::iptables::render::{Jump, Table};
+use crate::model::Family;
+use ipnet::IpNet;
+use std::collections::BTreeSet;
+
+pub const NAT_CHAINS: [&str; 5] = [
+    "KUBE-SERVICES",
+    "KUBE-POSTROUTING",
+    "KUBE-NODE-PORT",
+    "KUBE-LOAD-BALANCER",
+    "KUBE-MARK-MASQ",
+];
+pub const FILTER_CHAINS: [&str; 6] = [
+    "KUBE-FORWARD",
+    "KUBE-NODE-PORT",
+    "KUBE-PROXY-FIREWALL",
+    "KUBE-SOURCE-RANGES-FIREWALL",
+    "KUBE-IPVS-FILTER",
+    "KUBE-IPVS-OUT-FILTER",
+];
+
+/// Knobs of one family's rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlueConfig {
+    pub family: Family,
+    pub masquerade_all: bool,
+    /// Pod traffic is "local" (the first `--cluster-cidr` of this family).
+    pub cluster_cidr: Option<IpNet>,
+    pub masquerade_bit: u8,
+    pub random_fully: bool,
+}
+
+/// `-s <lb> -m ipvs --vaddr <lb> --vproto <p> --vport <port>` parts of
+/// load-balancer IPs whose source ranges leave the node itself out.
+pub type OutFilter = BTreeSet<(std::net::IpAddr, &'static str, u16)>;
+
+/// The jumps from built-in chains, in the order upstream inserts them (each
+/// at the top, so later ones of a chain end up first).
+pub fn jumps() -> Vec<Jump> {
+    let j = |table, from: &'static str, to: &str, comment: &str| Jump {
+        table,
+        from,
+        args: vec![
+            "-m".into(),
+            "comment".into(),
+            "--comment".into(),
+            comment.into(),
+            "-j".into(),
+            to.into(),
+        ],
+    };
+    vec![
+        j(
+            Table::Nat,
+            "OUTPUT",
+            "KUBE-SERVICES",
+            "kubernetes service portals",
+        ),
+        j(
+            Table::Nat,
+            "PREROUTING",
+            "KUBE-SERVICES",
+            "kubernetes service portals",
+        ),
+        j(
+            Table::Nat,
+            "POSTROUTING",
+            "KUBE-POSTROUTING",
+            "kubernetes postrouting rules",
+        ),
+        j(
+            Table::Filter,
+            "FORWARD",
+            "KUBE-FORWARD",
+            "kubernetes forwarding rules",
+        ),
+        j(
+            Table::Filter,
+            "INPUT",
+            "KUBE-NODE-PORT",
+            "kubernetes health check rules",
+        ),
+        j(
+            Table::Filter,
+            "INPUT",
+            "KUBE-PROXY-FIREWALL",
+            "kube-proxy firewall rules",
+        ),
+        j(
+            Table::Filter,
+            "FORWARD",
+            "KUBE-PROXY-FIREWALL",
+            "kube-proxy firewall rules",
+        ),
+        j(
+            Table::Filter,
+            "INPUT",
+            "KUBE-IPVS-FILTER",
+            "kubernetes ipvs access filter",
+        ),
+        j(
+            Table::Filter,
+            "OUTPUT",
+            "KUBE-IPVS-OUT-FILTER",
+            "kubernetes ipvs access filter",
+        ),
+    ]
+}
+
+/// The full `iptables-restore --noflush` payload of one family. `nonempty`
+/// names the sets that hold at least one entry.
+pub fn render(cfg: &GlueConfig, nonempty: &BTreeSet<SetKind>, out_filter: &OutFilter) -> String {
+    let f = cfg.family;
+    let set = |k: SetKind| k.name(f);
+    let has = |k: SetKind| nonempty.contains(&k);
+    let mark = format!("{:#x}", 1u32 << cfg.masquerade_bit);
+    let mut nat: Vec<String> = Vec::new();
+    let mut filter: Vec<String> = Vec::new();
+    let loopback = match f {
+        Family::V4 => "127.0.0.0/8",
+        Family::V6 => "::1/128",
+    };
+    nat.push(format!("-A KUBE-SERVICES -s {loopback} -j RETURN"));
+    // Set-driven jumps, each only when its set has entries.
+    let set_rules: [(bool, SetKind, &str, &str, &str, &str); 12] = [
+        (
+            true,
+            SetKind::LoopBack,
+            "KUBE-POSTROUTING",
+            "",
+            "dst,dst,src",
+            "MASQUERADE",
+        ),
+        (
+            true,
+            SetKind::LoadBalancer,
+            "KUBE-SERVICES",
+            "",
+            "dst,dst",
+            "KUBE-LOAD-BALANCER",
+        ),
+        (
+            true,
+            SetKind::LoadBalancerLocal,
+            "KUBE-LOAD-BALANCER",
+            "",
+            "dst,dst",
+            "RETURN",
+        ),
+        (
+            true,
+            SetKind::NodePortLocalTcp,
+            "KUBE-NODE-PORT",
+            "tcp",
+            "dst",
+            "RETURN",
+        ),
+        (
+            true,
+            SetKind::NodePortTcp,
+            "KUBE-NODE-PORT",
+            "tcp",
+            "dst",
+            "KUBE-MARK-MASQ",
+        ),
+        (
+            true,
+            SetKind::NodePortLocalUdp,
+            "KUBE-NODE-PORT",
+            "udp",
+            "dst",
+            "RETURN",
+        ),
+        (
+            true,
+            SetKind::NodePortUdp,
+            "KUBE-NODE-PORT",
+            "udp",
+            "dst",
+            "KUBE-MARK-MASQ",
+        ),
+        (
+            true,
+            SetKind::NodePortLocalSctp,
+            "KUBE-NODE-PORT",
+            "sctp",
+            "dst,dst",
+            "RETURN",
+        ),
+        (
+            true,
+            SetKind::NodePortSctp,
+            "KUBE-NODE-PORT",
+            "sctp",
+            "dst,dst",
+            "KUBE-MARK-MASQ",
+        ),
+        (
+            false,
+            SetKind::LoadBalancerFw,
+            "KUBE-PROXY-FIREWALL",
+            "",
+            "dst,dst",
+            "KUBE-SOURCE-RANGES-FIREWALL",
+        ),
+        (
+            false,
+            SetKind::LoadBalancerSourceCidr,
+            "KUBE-SOURCE-RANGES-FIREWALL",
+            "",
+            "dst,dst,src",
+            "RETURN",
+        ),
+        (
+            false,
+            SetKind::LoadBalancerSourceIp,
+            "KUBE-SOURCE-RANGES-FIREWALL",
+            "",
+            "dst,dst,src",
+            "RETURN",
+        ),
+    ];
+    for (is_nat, kind, from, proto, m, to) in set_rules {
+        if !has(kind) {
+            continue;
+        }
+        let p = if proto.is_empty() {
+            String::new()
+        } else {
+            format!(" -p {proto}")
+        };
+        let rule = format!(
+            "-A {from}{p} -m comment --comment \"{}\" -m set --match-set {} {m} -j {to}",
+            kind.comment(),
+            set(kind)
+        );
+        if is_nat { &mut nat } else { &mut filter }.push(rule);
+    }
+    if has(SetKind::ClusterIp) {
+        let prefix = format!(
+            "-A KUBE-SERVICES -m comment --comment \"{}\" -m set --match-set {}",
+            SetKind::ClusterIp.comment(),
+            set(SetKind::ClusterIp)
+        );
+        nat.push(match (&cfg.cluster_cidr, cfg.masquerade_all) {
+            (_, true) => format!("{prefix} dst,dst -j KUBE-MARK-MASQ"),
+            (Some(cidr), false) => format!("{prefix} dst,dst ! -s {cidr} -j KUBE-MARK-MASQ"),
+            // No way to tell pod traffic: masquerade what the node itself
+            // sends from a VIP.
+            (None, false) => format!("{prefix} src,dst -j KUBE-MARK-MASQ"),
+        });
+    }
+    for (kind, masq) in [
+        (SetKind::ExternalIp, true),
+        (SetKind::ExternalIpLocal, false),
+    ] {
+        if !has(kind) {
+            continue;
+        }
+        let prefix = format!(
+            "-A KUBE-SERVICES -m comment --comment \"{}\" -m set --match-set {} dst,dst",
+            kind.comment(),
+            set(kind)
+        );
+        if masq {
+            nat.push(format!("{prefix} -j KUBE-MARK-MASQ"));
+        }
+        nat.push(format!(
+            "{prefix} -m physdev ! --physdev-is-in -m addrtype ! --src-type LOCAL -j ACCEPT"
+        ));
+        nat.push(format!("{prefix} -m addrtype --dst-type LOCAL -j ACCEPT"));
+    }
+    nat.push("-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT".into());
+    nat.push("-A KUBE-LOAD-BALANCER -j KUBE-MARK-MASQ".into());
+    filter.push("-A KUBE-SOURCE-RANGES-FIREWALL -j DROP".into());
+    for (ip, proto, port) in out_filter {
+        filter.push(format!(
+            "-A KUBE-IPVS-OUT-FILTER -s {ip} -m ipvs --vaddr {ip} --vproto {proto} --vport {port} -j DROP"
+        ));
+    }
+    for kind in [SetKind::ClusterIp, SetKind::LoadBalancer] {
+        if has(kind) {
+            nat.push(format!(
+                "-A KUBE-SERVICES -m set --match-set {} dst,dst -j ACCEPT",
+                set(kind)
+            ));
+        }
+    }
+    filter.push(format!(
+        "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark {mark}/{mark} -j ACCEPT"
+    ));
+    filter.push("-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".into());
+    filter.push(format!(
+        "-A KUBE-NODE-PORT -m comment --comment \"{}\" -m set --match-set {} dst -j ACCEPT",
+        SetKind::HealthCheckNodePort.comment(),
+        set(SetKind::HealthCheckNodePort)
+    ));
+    for kind in [
+        SetKind::LoadBalancer,
+        SetKind::ClusterIp,
+        SetKind::ExternalIp,
+        SetKind::ExternalIpLocal,
+    ] {
+        filter.push(format!(
+            "-A KUBE-IPVS-FILTER -m set --match-set {} dst,dst -j RETURN",
+            set(kind)
+        ));
+    }
+    filter.push(format!(
+        "-A KUBE-IPVS-FILTER -m set --match-set {} dst -j RETURN",
+        set(SetKind::HealthCheckNodePort)
+    ));
+    filter.push(format!(
+        "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set {} dst -j REJECT",
+        set(SetKind::IpvsIps)
+    ));
+    let random = if cfg.random_fully {
+        " --random-fully"
+    } else {
+        ""
+    };
+    nat.push(format!(
+        "-A KUBE-POSTROUTING -m mark ! --mark {mark}/{mark} -j RETURN"
+    ));
+    nat.push(format!("-A KUBE-POSTROUTING -j MARK --xor-mark {mark}"));
+    nat.push(format!("-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE{random}"));
+    nat.push(format!("-A KUBE-MARK-MASQ -j MARK --or-mark {mark}"));
+
+    let mut out = String::from("*nat\n");
+    for c in NAT_CHAINS {
+        out.push_str(&format!(":{c} - [0:0]\n"));
+    }
+    for r in nat {
+        out.push_str(&r);
+        out.push('\n');
+    }
+    out.push_str("COMMIT\n*filter\n");
+    for c in FILTER_CHAINS {
+        out.push_str(&format!(":{c} - [0:0]\n"));
+    }
+    for r in filter {
+        out.push_str(&r);
+        out.push('\n');
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> GlueConfig {
+        GlueConfig {
+            family: Family::V4,
+            masquerade_all: false,
+            cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+            masquerade_bit: 14,
+            random_fully: true,
+        }
+    }
+
+    #[test]
+    fn empty_sets_leave_out_their_rules() {
+        let text = render(&cfg(), &BTreeSet::new(), &OutFilter::new());
+        assert!(!text.contains("KUBE-CLUSTER-IP dst,dst ! -s"));
+        assert!(!text.contains("KUBE-LOOP-BACK"));
+        assert!(text.contains("-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT"));
+        assert!(text.contains("--match-set KUBE-IPVS-IPS dst -j REJECT"));
+        assert!(text.starts_with("*nat\n:KUBE-SERVICES - [0:0]\n"));
+        assert!(text.ends_with("COMMIT\n"));
+    }
+
+    #[test]
+    fn cluster_ip_masquerade_follows_config() {
+        let sets: BTreeSet<_> = [SetKind::ClusterIp, SetKind::LoopBack].into();
+        let t = render(&cfg(), &sets, &OutFilter::new());
+        assert!(
+            t.contains("--match-set KUBE-CLUSTER-IP dst,dst ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ")
+        );
+        assert!(t.contains("-A KUBE-POSTROUTING -m comment --comment \"Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose\" -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE"));
+        // The ACCEPT that ends KUBE-SERVICES comes after the NodePort jump.
+        let np = t.find("-j KUBE-NODE-PORT\n").unwrap();
+        let acc = t.find("KUBE-CLUSTER-IP dst,dst -j ACCEPT").unwrap();
+        assert!(np < acc);
+        let all = render(
+            &GlueConfig {
+                masquerade_all: true,
+                ..cfg()
+            },
+            &sets,
+            &OutFilter::new(),
+        );
+        assert!(all.contains("KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ"));
+        let none = render(
+            &GlueConfig {
+                cluster_cidr: None,
+                ..cfg()
+            },
+            &sets,
+            &OutFilter::new(),
+        );
+        assert!(none.contains("KUBE-CLUSTER-IP src,dst -j KUBE-MARK-MASQ"));
+    }
+
+    #[test]
+    fn ipv6_names_and_loopback() {
+        let c = GlueConfig {
+            family: Family::V6,
+            cluster_cidr: None,
+            ..cfg()
+        };
+        let t = render(&c, &[SetKind::ClusterIp].into(), &OutFilter::new());
+        assert!(t.contains("-A KUBE-SERVICES -s ::1/128 -j RETURN"));
+        assert!(t.contains("KUBE-6-CLUSTER-IP"));
+        assert!(!t.contains(" KUBE-CLUSTER-IP"));
+    }
+
+    #[test]
+    fn jumps_match_upstream_order() {
+        let j = jumps();
+        assert_eq!(j.len(), 9);
+        assert_eq!(j[0].from, "OUTPUT");
+        assert_eq!(j[8].args.last().unwrap(), "KUBE-IPVS-OUT-FILTER");
+    }
+}
