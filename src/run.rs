@@ -97,10 +97,8 @@ fn node_context(s: &Settings) -> NodeContext {
 pub fn cleanup(flags: &Flags) -> Result<()> {
     let s = flags.settings()?;
     init_logging(&s);
-    // Both modes' leftovers go, as upstream's --cleanup does: first the
-    // iptables-mode chains (they reference KUBE-MARK-MASQ), then IPVS mode's.
-    let mut backend = IptablesBackend::new(kernel_factory(&s), render_configs(&s, &[]), None);
-    backend.cleanup()?;
+    // Both modes' leftovers go, as upstream's --cleanup does (the IPVS
+    // cleanup also removes every iptables-mode jump and chain).
     ipvs_backend(&s).cleanup()?;
     tracing::info!("removed all kube-proxy rules, chains, virtual servers, ipsets and kube-ipvs0");
     Ok(())

@@ -212,7 +212,7 @@ impl Backend for IptablesBackend {
 }
 
 /// Chains this proxy owns outright (never kubelet's KUBE-KUBELET-CANARY etc.).
-fn owned_chain(name: &str) -> bool {
+pub fn owned_chain(name: &str) -> bool {
     is_service_chain(name)
         || [
             names::KUBE_SERVICES,

@@ -503,8 +503,9 @@ impl Backend for IpvsBackend {
     }
 }
 
-/// Removes what IPVS mode owns: virtual servers of the given families (but
-/// not in excludeCIDRs), kube-ipvs0, the jumps and chains, and the ipsets.
+/// Removes what either mode owns: virtual servers of the given families (but
+/// not in excludeCIDRs), kube-ipvs0, every KUBE- jump and chain of both
+/// modes, and the ipsets.
 pub fn cleanup(
     ipvs: Option<Box<dyn IpvsKernel>>,
     link: &mut dyn LinkKernel,
@@ -528,8 +529,13 @@ pub fn cleanup(
         if !ipt.available(f) {
             continue;
         }
-        for j in glue::jumps() {
-            ipt.delete_jump(f, &j)?;
+        // Both modes' jumps and chains go together: they share chain names
+        // and reference each other's (KUBE-MARK-MASQ, KUBE-PROXY-FIREWALL).
+        for j in glue::jumps()
+            .iter()
+            .chain(&crate::iptables::render::jumps())
+        {
+            ipt.delete_jump(f, j)?;
         }
         let mut payload = String::new();
         for (table, ours) in [
@@ -539,7 +545,7 @@ pub fn cleanup(
             let save = ipt.save(f, table)?;
             let present: Vec<String> = declared_chains(&save)
                 .into_iter()
-                .filter(|c| ours.contains(&c.as_str()))
+                .filter(|c| ours.contains(&c.as_str()) || crate::iptables::backend::owned_chain(c))
                 .collect();
             if present.is_empty() {
                 continue;

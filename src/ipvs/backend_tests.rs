@@ -409,8 +409,12 @@ fn busy_tcp_real_servers_drain_then_go() {
         }
     }
     let p2 = web(&["10.244.1.10"]);
-    b.sync(&ports(std::slice::from_ref(&p2)), &[p2.key.clone()].into(), false)
-        .unwrap();
+    b.sync(
+        &ports(std::slice::from_ref(&p2)),
+        &[p2.key.clone()].into(),
+        false,
+    )
+    .unwrap();
     {
         let w = w.lock().unwrap();
         let d = &w.vs[&cid].dests;

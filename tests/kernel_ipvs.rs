@@ -1,0 +1,422 @@
+//! The IPVS backend in a real kernel with IPVS: Debian's kernel under QEMU
+//! (scripts/qemu), with the host filesystem shared in. On the host, the one
+//! test `ipvs_suite_in_qemu_guest` boots the guest once and runs this same
+//! test binary there (filter `guest_`); each `guest_*` test builds its own
+//! network-namespace lab inside the guest, starts the real binary with
+//! `--proxy-mode ipvs` against a `dir:` source and sends real traffic.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn in_guest() -> bool {
+    std::env::var("KPRS_IN_GUEST").as_deref() == Ok("1")
+}
+
+/// Returns early (printing why) unless running inside the QEMU guest.
+macro_rules! require_guest {
+    () => {
+        if !in_guest() {
+            eprintln!("SKIPPED here: runs inside the QEMU guest (see ipvs_suite_in_qemu_guest)");
+            return;
+        }
+        require_kernel!();
+    };
+}
+
+const GUEST_TESTS: usize = 4;
+
+#[test]
+fn ipvs_suite_in_qemu_guest() {
+    if in_guest() {
+        return;
+    }
+    require_kernel!();
+    let exe = std::env::current_exe().unwrap();
+    let started = Instant::now();
+    let out = Command::new("bash")
+        .arg(root().join("scripts/qemu/run.sh"))
+        .args(["--timeout", "1500", "--mem", "2048", "--"])
+        .args(["env", "KPRS_IN_GUEST=1", "RUST_BACKTRACE=1"])
+        .arg(&exe)
+        .args(["guest_", "--test-threads=1", "--nocapture"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout);
+    let code = out.status.code().unwrap_or(-1);
+    if code == 77 {
+        println!("SKIPPED: the QEMU lab is not installed (scripts/qemu/install.sh); IPVS tests did not run");
+        return;
+    }
+    // The guest's test output, without the kernel's boot noise.
+    for l in console.lines().filter(|l| !l.starts_with('[')) {
+        println!("guest| {l}");
+    }
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    println!("guest run took {:.0}s", started.elapsed().as_secs_f64());
+    assert_eq!(code, 0, "IPVS tests failed in the guest (exit {code})");
+    let want = format!("test result: ok. {GUEST_TESTS} passed");
+    assert!(
+        console.contains(&want),
+        "expected '{want}' in the guest output"
+    );
+}
+
+fn ipvsadm(lab: &Lab) -> String {
+    let out = lab.in_ns(&lab.node, &["ipvsadm", "-Ln"]);
+    assert!(
+        out.status.success(),
+        "ipvsadm: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Addresses on kube-ipvs0 (empty when the link is missing).
+fn ipvs0(lab: &Lab) -> BTreeSet<String> {
+    let out = lab.in_ns(
+        &lab.node,
+        &["ip", "-o", "addr", "show", "dev", "kube-ipvs0"],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .collect()
+}
+
+fn sysctl(lab: &Lab, key: &str) -> String {
+    let out = lab.in_ns(&lab.node, &["sysctl", "-n", key]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Lines of `ipvsadm -Ln` under the virtual server `vip` (its real servers).
+fn real_servers(listing: &str, vip: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut inside = false;
+    for l in listing.lines() {
+        if !l.starts_with("  ->") {
+            inside = l.split_whitespace().nth(1) == Some(vip);
+            continue;
+        }
+        if inside {
+            out.push(l.trim().to_string());
+        }
+    }
+    out
+}
+
+fn web_objects() -> String {
+    let mut objs = String::new();
+    objs += &service("web", "{type: LoadBalancer, clusterIP: 10.96.0.10, externalIPs: [192.0.2.10], ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]}")
+        .replace("\n---\n", "\nstatus: {loadBalancer: {ingress: [{ip: 198.51.100.10}]}}\n---\n");
+    objs += &slice("web-1", "web", "[{name: http, port: 8080}]", &LOCAL3);
+    objs
+}
+
+#[test]
+fn guest_traffic_reaches_every_endpoint_through_every_vip() {
+    require_guest!();
+    let mut lab = Lab::new();
+    pods3(&mut lab);
+    let mut objs = web_objects();
+    objs += &service(
+        "dns",
+        "{clusterIP: 10.96.0.53, ports: [{name: dns, port: 53, protocol: UDP}]}",
+    );
+    objs += &slice(
+        "dns-1",
+        "dns",
+        "[{name: dns, port: 5353, protocol: UDP}]",
+        &LOCAL3,
+    );
+    objs += &service(
+        "sticky",
+        "{clusterIP: 10.96.0.30, sessionAffinity: ClientIP, ports: [{port: 80}]}",
+    );
+    objs += &slice("sticky-1", "sticky", "[{port: 8080}]", &LOCAL3);
+    lab.write("objects.yaml", &objs);
+    lab.start_proxy(&["--proxy-mode", "ipvs"]);
+    wait_until("virtual servers programmed", WAIT, || {
+        ipvsadm(&lab).contains("10.96.0.30:80") && ipvsadm(&lab).contains("198.51.100.10:80")
+    });
+    let listing = ipvsadm(&lab);
+    println!("{listing}");
+    for vip in [
+        "10.96.0.10:80",
+        "192.0.2.10:80",
+        "198.51.100.10:80",
+        "192.168.10.5:30080",
+    ] {
+        let rs = real_servers(&listing, vip);
+        assert_eq!(rs.len(), 3, "{vip}: {rs:?}");
+        assert!(
+            rs.iter()
+                .all(|r| r.contains("Masq") && r.split_whitespace().nth(3) == Some("1")),
+            "{vip}: {rs:?}"
+        );
+    }
+    assert!(listing.contains("UDP  10.96.0.53:53 rr"), "{listing}");
+    assert!(
+        listing.contains("TCP  10.96.0.30:80 rr persistent 10800"),
+        "{listing}"
+    );
+    let want: BTreeSet<String> = [
+        "10.96.0.10/32",
+        "10.96.0.30/32",
+        "10.96.0.53/32",
+        "192.0.2.10/32",
+        "198.51.100.10/32",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(ipvs0(&lab), want, "kube-ipvs0 holds exactly the VIPs");
+    let link = lab.in_ns(&lab.node, &["ip", "link", "show", "kube-ipvs0"]);
+    assert!(
+        String::from_utf8_lossy(&link.stdout).contains("state DOWN"),
+        "left down like upstream"
+    );
+
+    // rr: every endpoint answers through every kind of VIP.
+    let pods = ["pod0:8080", "pod1:8080", "pod2:8080"];
+    for (ns, url) in [
+        (lab.node.clone(), "http://10.96.0.10/"),
+        (lab.client.clone(), "http://192.0.2.10/"),
+        (lab.client.clone(), "http://198.51.100.10/"),
+        (lab.client.clone(), "http://192.168.10.5:30080/"),
+        (lab.pod_ns("pod0"), "http://10.96.0.10/"),
+    ] {
+        let hits = spread(&ns, url, 9);
+        println!("{url} from {ns}: {hits:?}");
+        at_least_each(&hits, &pods, 2);
+    }
+    let udp = udp_spread(&lab.client, "10.96.0.53", 53, 9);
+    println!("UDP 10.96.0.53:53: {udp:?}");
+    at_least_each(&udp, &["pod0:5353", "pod1:5353", "pod2:5353"], 1);
+    let sticky = spread(&lab.client, "http://10.96.0.30/", 8);
+    assert_eq!(
+        sticky.len(),
+        1,
+        "ClientIP affinity: one endpoint: {sticky:?}"
+    );
+    assert_eq!(sysctl(&lab, "net.ipv4.vs.conntrack"), "1");
+    assert_eq!(
+        sysctl(&lab, "net.ipv4.conf.all.arp_ignore"),
+        "0",
+        "strictARP off leaves ARP alone"
+    );
+    let sets = String::from_utf8_lossy(
+        &lab.in_ns(&lab.node, &["ipset", "list", "KUBE-CLUSTER-IP"])
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        sets.contains("10.96.0.10,tcp:80") && sets.contains("10.96.0.53,udp:53"),
+        "{sets}"
+    );
+}
+
+#[test]
+fn guest_removed_endpoint_drains_then_goes() {
+    require_guest!();
+    let mut lab = Lab::new();
+    pods3(&mut lab);
+    lab.write("objects.yaml", &web_objects());
+    lab.start_proxy(&["--proxy-mode", "ipvs"]);
+    wait_until("three real servers", WAIT, || {
+        real_servers(&ipvsadm(&lab), "10.96.0.10:80").len() == 3
+    });
+    // Hold one TCP connection open through the clusterIP for a while.
+    let holder = Command::new("ip")
+        .args(["netns", "exec", &lab.client, "python3", "-c"])
+        .arg("import socket,time\ns=socket.create_connection(('10.96.0.10',80),timeout=5)\ntime.sleep(12)\ns.close()\n")
+        .spawn()
+        .unwrap();
+    let mut busy = String::new();
+    wait_until("the held connection shows in ipvsadm", WAIT, || {
+        busy = real_servers(&ipvsadm(&lab), "10.96.0.10:80")
+            .into_iter()
+            .find(|r| r.split_whitespace().nth(4) == Some("1"))
+            .and_then(|r| {
+                r.split_whitespace()
+                    .nth(1)
+                    .map(|a| a.split(':').next().unwrap().to_string())
+            })
+            .unwrap_or_default();
+        !busy.is_empty()
+    });
+    println!("connection held to {busy}");
+    let keep: Vec<(&str, &str)> = LOCAL3
+        .iter()
+        .copied()
+        .filter(|(ip, _)| *ip != busy)
+        .collect();
+    let mut objs = service("web", "{type: LoadBalancer, clusterIP: 10.96.0.10, externalIPs: [192.0.2.10], ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]}")
+        .replace("\n---\n", "\nstatus: {loadBalancer: {ingress: [{ip: 198.51.100.10}]}}\n---\n");
+    objs += &slice("web-1", "web", "[{name: http, port: 8080}]", &keep);
+    lab.write("objects.yaml", &objs);
+    let weight0 = format!("{busy}:8080");
+    wait_until("the busy real server drains at weight 0", WAIT, || {
+        real_servers(&ipvsadm(&lab), "10.96.0.10:80")
+            .iter()
+            .any(|r| r.contains(&weight0) && r.split_whitespace().nth(3) == Some("0"))
+    });
+    // Idle ones behind the other VIPs go at once.
+    let ext = real_servers(&ipvsadm(&lab), "192.0.2.10:80");
+    assert_eq!(ext.len(), 2, "{ext:?}");
+    // New connections avoid it while it drains.
+    let busy_pod = format!(
+        "pod{}:8080",
+        busy.rsplit('.').next().unwrap().parse::<u8>().unwrap() - 10
+    );
+    let hits = spread(&lab.node, "http://10.96.0.10/", 6);
+    assert!(
+        !hits.contains_key(&busy_pod),
+        "{busy_pod} still got new connections: {hits:?}"
+    );
+    let mut holder = holder;
+    let _ = holder.wait();
+    wait_until("the drained real server is removed once idle", WAIT, || {
+        !ipvsadm(&lab).contains(&weight0)
+    });
+    assert_eq!(real_servers(&ipvsadm(&lab), "10.96.0.10:80").len(), 2);
+}
+
+#[test]
+fn guest_strict_arp_repair_and_cleanup() {
+    require_guest!();
+    let mut lab = Lab::new();
+    pods3(&mut lab);
+    lab.write("objects.yaml", &web_objects());
+    lab.start_proxy(&[
+        "--proxy-mode",
+        "ipvs",
+        "--ipvs-strict-arp",
+        "--sync-period",
+        "3s",
+    ]);
+    wait_until("programmed", WAIT, || ipvs0(&lab).len() == 3);
+    assert_eq!(sysctl(&lab, "net.ipv4.conf.all.arp_ignore"), "1");
+    assert_eq!(sysctl(&lab, "net.ipv4.conf.all.arp_announce"), "2");
+    // kube-ipvs0 deleted by hand: back, with its addresses, within a sync period or two.
+    must(&["ip", "-n", &lab.node, "link", "del", "kube-ipvs0"]);
+    let t = Instant::now();
+    wait_until("kube-ipvs0 repaired", WAIT, || ipvs0(&lab).len() == 3);
+    println!(
+        "kube-ipvs0 deleted by hand: repaired after {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    at_least_each(
+        &spread(&lab.node, "http://10.96.0.10/", 6),
+        &["pod0:8080", "pod1:8080", "pod2:8080"],
+        1,
+    );
+    // A flushed nat table is repaired too.
+    must(&[
+        "ip", "netns", "exec", &lab.node, "iptables", "-t", "nat", "-F",
+    ]);
+    wait_until("nat rules repaired", WAIT, || {
+        lab.save(false, "nat").contains("-j KUBE-SERVICES")
+    });
+    // SIGTERM leaves everything in place.
+    lab.stop_proxy(false);
+    assert_eq!(real_servers(&ipvsadm(&lab), "10.96.0.10:80").len(), 3);
+    assert_eq!(ipvs0(&lab).len(), 3);
+    // --cleanup removes every virtual server, kube-ipvs0, the ipsets and chains.
+    let out = lab.in_ns(
+        &lab.node,
+        &[
+            env!("CARGO_BIN_EXE_kube-proxy-rs"),
+            "--proxy-mode",
+            "ipvs",
+            "--cleanup",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = ipvsadm(&lab);
+    assert!(
+        !listing.contains("TCP") && !listing.contains("UDP"),
+        "{listing}"
+    );
+    let link = lab.in_ns(&lab.node, &["ip", "link", "show", "kube-ipvs0"]);
+    assert!(!link.status.success(), "kube-ipvs0 is gone");
+    let sets = String::from_utf8_lossy(&lab.in_ns(&lab.node, &["ipset", "list", "-n"]).stdout)
+        .into_owned();
+    assert!(!sets.contains("KUBE-"), "{sets}");
+    for table in ["nat", "filter"] {
+        let save = lab.save(false, table);
+        assert!(!save.contains("KUBE-"), "{table}: {save}");
+    }
+}
+
+#[test]
+fn guest_restart_under_load_drops_nothing() {
+    require_guest!();
+    let mut lab = Lab::new();
+    pods3(&mut lab);
+    lab.write("objects.yaml", &web_objects());
+    lab.start_proxy(&["--proxy-mode", "ipvs"]);
+    wait_until("programmed", WAIT, || {
+        real_servers(&ipvsadm(&lab), "192.168.10.5:30080").len() == 3
+    });
+    let load = |ns: String, host: &'static str, port: &'static str| {
+        std::thread::spawn(move || {
+            let script = path_str(&root().join("scripts/loadgen.py"));
+            let out = run(&[
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                "python3",
+                &script,
+                host,
+                port,
+                "20",
+                "12",
+                "--timeout",
+                "3",
+            ]);
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+    };
+    let a = load(lab.pod_ns("pod1"), "10.96.0.10", "80");
+    let b = load(lab.client.clone(), NODE_IP, "30080");
+    let mut samples_without = 0;
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_secs(2));
+        lab.stop_proxy(true);
+        for _ in 0..4 {
+            if real_servers(&ipvsadm(&lab), "10.96.0.10:80").len() != 3 || ipvs0(&lab).len() != 3 {
+                samples_without += 1;
+            }
+        }
+        lab.start_proxy(&["--proxy-mode", "ipvs"]);
+        for _ in 0..6 {
+            if real_servers(&ipvsadm(&lab), "10.96.0.10:80").len() != 3 {
+                samples_without += 1;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    println!("ipvs restart load, ClusterIP from a pod: {a}");
+    println!("ipvs restart load, NodePort from the client: {b}");
+    assert_eq!(
+        samples_without, 0,
+        "virtual servers or VIPs vanished during a restart"
+    );
+    for r in [&a, &b] {
+        let v: serde_json::Value = serde_json::from_str(r).unwrap();
+        assert_eq!(v["attempted"], 240, "{r}");
+        assert_eq!(v["failed"], 0, "{r}");
+    }
+}
