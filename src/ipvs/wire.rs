@@ -58,6 +58,8 @@ mod dest_attr {
 
 /// `IP_VS_SVC_F_PERSISTENT`: session affinity.
 pub const SVC_F_PERSISTENT: u32 = 0x1;
+/// `IP_VS_SVC_F_SCHED2` (`IP_VS_SVC_F_SCHED_MH_PORT` for the mh scheduler).
+pub const SVC_F_SCHED_MH_PORT: u32 = 0x10;
 /// `IP_VS_CONN_F_MASQ`: NAT forwarding.
 pub const CONN_F_MASQ: u32 = 0x0;
 /// Longest scheduler name the kernel takes (`IP_VS_SCHEDNAME_MAXLEN` - 1).
@@ -156,11 +158,15 @@ pub fn encode_service(vs: &VirtualServer, full: bool) -> Vec<u8> {
         name.truncate(SCHED_NAME_MAX);
         name.push(0);
         put(&mut buf, svc_attr::SCHED_NAME, &name);
-        let flags = if vs.persistence.is_some() {
+        let mut flags = if vs.persistence.is_some() {
             SVC_F_PERSISTENT
         } else {
             0
         };
+        // As upstream: the Maglev scheduler hashes the source port too.
+        if vs.scheduler == "mh" {
+            flags |= SVC_F_SCHED_MH_PORT;
+        }
         let mut f = flags.to_ne_bytes().to_vec();
         f.extend_from_slice(&u32::MAX.to_ne_bytes());
         put(&mut buf, svc_attr::FLAGS, &f);
@@ -425,6 +431,14 @@ mod tests {
         let mut buf = encode_dest(&d, true);
         put(&mut buf, dest_attr::ACTIVE_CONNS, &3u32.to_ne_bytes());
         put(&mut buf, dest_attr::INACT_CONNS, &5u32.to_ne_bytes());
+        let mut mh = vs("10.0.0.9", 80, None);
+        mh.scheduler = "mh".into();
+        let enc = encode_service(&mh, true);
+        assert_eq!(
+            &enc[52..64],
+            &[12, 0, 7, 0, 0x10, 0, 0, 0, 255, 255, 255, 255],
+            "mh hashes ports"
+        );
         let (_, s) = decode_dest(&buf, Family::V4).unwrap();
         assert_eq!((s.active, s.inactive), (3, 5));
         assert!(attrs(&[200, 0, 1, 0, 0]).is_err(), "length past the end");
