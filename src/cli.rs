@@ -25,6 +25,10 @@ pub struct Cli {
     /// Remove every rule and chain this proxy owns, then exit.
     #[arg(long)]
     pub cleanup: bool,
+    /// Only do the privileged node setup (sysctls), then exit: for a privileged
+    /// init container in front of a capabilities-only proxy container.
+    #[arg(long)]
+    pub init_only: bool,
 }
 
 #[derive(Subcommand, Debug)]

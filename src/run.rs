@@ -93,6 +93,44 @@ fn node_context(s: &Settings) -> NodeContext {
     }
 }
 
+/// The sysctls a mode needs, as (key under /proc/sys, value, why).
+fn node_sysctls(s: &Settings) -> Vec<(String, String, String)> {
+    match s.mode {
+        ProxyMode::Ipvs => crate::ipvs::sysctl::plan(
+            crate::ipvs::sysctl::kernel_version(
+                std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                    .unwrap_or_default()
+                    .trim(),
+            ),
+            s.strict_arp,
+        )
+        .into_iter()
+        .map(|x| (x.key.to_string(), x.value.to_string(), x.why.to_string()))
+        .collect(),
+        ProxyMode::Iptables if s.localhost_nodeports && s.ipv4 => vec![(
+            "net/ipv4/conf/all/route_localnet".into(),
+            "1".into(),
+            "NodePorts answer on 127.0.0.1".into(),
+        )],
+        ProxyMode::Iptables => vec![],
+    }
+}
+
+/// `--init-only`: the node setup that needs write access to /proc/sys (a
+/// privileged init container), so the long-running container can run with
+/// NET_ADMIN and NET_RAW only: it then finds every value already set.
+pub fn init_only(flags: &Flags) -> Result<()> {
+    let s = flags.settings()?;
+    init_logging(&s);
+    for (key, value, why) in node_sysctls(&s) {
+        node::set_sysctl(&key.replace('/', "."), &value)
+            .with_context(|| format!("setting {key}={value}"))?;
+        tracing::info!(sysctl = %key, value = %value, why = %why, "node setup");
+    }
+    tracing::info!("node setup done (--init-only)");
+    Ok(())
+}
+
 /// `--cleanup`: remove everything this proxy (or upstream kube-proxy) owns.
 pub fn cleanup(flags: &Flags) -> Result<()> {
     let s = flags.settings()?;

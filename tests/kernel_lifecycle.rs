@@ -305,3 +305,67 @@ fn no_failed_connections_across_sigkill_restarts() {
         assert_eq!(v["failed"], 0, "{r}");
     }
 }
+
+/// The DaemonSet's split: a privileged `--init-only` init container, then the
+/// proxy with NET_ADMIN and NET_RAW only and /proc/sys read-only.
+#[test]
+fn runs_with_net_admin_and_net_raw_only_after_init_only() {
+    require_kernel!();
+    let mut lab = Lab::new();
+    pods3(&mut lab);
+    let mut objs = service("web", "{type: NodePort, clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]}");
+    objs += &slice("web-1", "web", "[{name: http, port: 8080}]", &LOCAL3);
+    lab.write("objects.yaml", &objs);
+    let _ = lab.in_ns(
+        &lab.node,
+        &["sysctl", "-qw", "net.ipv4.conf.all.route_localnet=0"],
+    );
+    let init = lab.in_ns(
+        &lab.node,
+        &[env!("CARGO_BIN_EXE_kube-proxy-rs"), "--init-only"],
+    );
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let rl = lab.in_ns(
+        &lab.node,
+        &["sysctl", "-n", "net.ipv4.conf.all.route_localnet"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&rl.stdout).trim(),
+        "1",
+        "set by --init-only"
+    );
+    lab.proxy_wrapper = [
+        "unshare",
+        "-m",
+        "sh",
+        "-c",
+        "mount -o bind,ro /proc/sys /proc/sys && exec setpriv --bounding-set -all,+net_admin,+net_raw --inh-caps -all -- \"$0\" \"$@\"",
+    ]
+    .map(String::from)
+    .to_vec();
+    lab.start_proxy(&[]);
+    wait_until("rules programmed", WAIT, || {
+        lab.save(false, "nat").contains("KUBE-SVC-")
+    });
+    let pid = lab.proxy_pid().expect("running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+    println!("proxy {eff}");
+    assert!(
+        eff.ends_with("0000000000003000"),
+        "only NET_ADMIN and NET_RAW: {eff}"
+    );
+    let pods = ["pod0:8080", "pod1:8080", "pod2:8080"];
+    at_least_each(&spread(&lab.node, "http://10.96.0.10/", 12), &pods, 1);
+    at_least_each(
+        &spread(&lab.client, &format!("http://{NODE_IP}:30080/"), 12),
+        &pods,
+        1,
+    );
+    assert!(lab.proxy_running(), "still running: {}", lab.log());
+    assert!(!lab.log().contains("ERROR"), "{}", lab.log());
+}

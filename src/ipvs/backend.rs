@@ -88,15 +88,27 @@ impl IpvsBackend {
         ipt_factory: KernelFactory,
         ipset: Box<dyn IpsetKernel>,
     ) -> Self {
+        let mut s = s;
         let cfg = IpvsConfig {
             scheduler: s.scheduler.clone(),
             node_ips: vec![],
             drain_timeout: s.drain_timeout,
             host_addresses: BTreeSet::new(),
+            primary_ips: vec![],
         };
+        let mut ipt = ipt_factory();
+        // A family whose iptables tools do not work here is skipped (as in
+        // iptables mode) rather than failing every sync.
+        s.glue.retain(|g| {
+            let ok = ipt.available(g.family);
+            if !ok {
+                tracing::warn!(family = ?g.family, "iptables tools for this family do not work on this node; not programming it");
+            }
+            ok
+        });
         IpvsBackend {
             link: link_factory(),
-            ipt: ipt_factory(),
+            ipt,
             s,
             cfg,
             ipvs_factory,
@@ -171,12 +183,20 @@ impl IpvsBackend {
         self.cfg.node_ips = self.node_ips(&host);
         self.cfg.host_addresses = host;
         self.agg.clear();
+        let fams = self.families();
         let mut t = Touched::default();
-        for (k, sp) in ports {
+        for (k, sp) in ports.iter().filter(|(k, _)| fams.contains(&k.family)) {
             t.merge(self.agg.set(k, Some(sp), &self.cfg));
         }
         self.current = self.ipvs()?.list()?;
-        self.bound = self.link.addresses()?;
+        // Only this proxy's families are ours (a single-stack proxy leaves the
+        // other family's addresses alone).
+        self.bound = self
+            .link
+            .addresses()?
+            .into_iter()
+            .filter(|a| fams.contains(&Family::of(a)))
+            .collect();
         let save = self.ipset.save()?;
         for f in self.families() {
             self.sets.insert(f, ipset::parse_save(f, &save));
@@ -310,8 +330,9 @@ impl IpvsBackend {
         let mut t = if full {
             self.prime(ports)?
         } else {
+            let fams = self.families();
             let mut t = Touched::default();
-            for k in changed {
+            for k in changed.iter().filter(|k| fams.contains(&k.family)) {
                 t.merge(self.agg.set(k, ports.get(k), &self.cfg));
             }
             t
@@ -391,6 +412,16 @@ impl IpvsBackend {
             }
         }
         stats.calls += ops.len();
+        // Forget drains whose real server is gone however it went (deleted by
+        // hand, its virtual server replaced or excluded): no endless follow-ups.
+        let cur = &self.current;
+        self.draining.retain(|(id, addr, port), _| {
+            cur.get(id).is_some_and(|c| {
+                c.dests
+                    .iter()
+                    .any(|(d, _)| d.addr == *addr && d.port == *port && d.weight == 0)
+            })
+        });
         // 4. Unbind addresses nobody uses any more (after their services went).
         for a in unbind {
             self.link.del_address(a)?;
@@ -433,9 +464,17 @@ impl Backend for IpvsBackend {
         let ipt_factory = self.ipt_factory.clone();
         let families = self.families();
         let expected = self.bound.clone();
+        let host = self.cfg.host_addresses.clone();
+        let primed = self.primed;
         Some(Box::new(move || {
             let mut intact = true;
             let mut link = link_factory();
+            // New or gone node addresses change NodePort virtual servers and
+            // which VIPs are bound: re-read everything.
+            if primed && link.host_addresses()? != host {
+                tracing::info!("the node's addresses changed; resyncing");
+                intact = false;
+            }
             let have = link.addresses()?;
             if !expected.is_subset(&have) || (have.is_empty() && link.ensure_link()?) {
                 tracing::warn!(
@@ -478,7 +517,10 @@ impl Backend for IpvsBackend {
             return false;
         }
         self.primary_ips = ips.to_vec();
-        self.s.nodeport_primary
+        self.cfg.primary_ips = ips.to_vec();
+        // NodePort addresses (with `primary`) and the node's own access to
+        // load balancers with source ranges depend on them.
+        true
     }
 
     fn cleanup(&mut self) -> Result<()> {
@@ -565,7 +607,7 @@ pub fn cleanup(
     }
     let existing = ipset.names().unwrap_or_default();
     let mut destroy = String::new();
-    for f in [Family::V4, Family::V6] {
+    for &f in families {
         for n in ipset::owned_names(f) {
             if existing.contains(&n) {
                 destroy.push_str(&format!("destroy {n}\n"));

@@ -521,3 +521,77 @@ fn cleanup_removes_what_ipvs_mode_owns() {
         "{last}"
     );
 }
+
+#[test]
+fn a_drain_whose_real_server_vanished_is_forgotten() {
+    let w = W::default();
+    let dir = sysctl_dir();
+    let mut b = backend(&w, dir.path());
+    let p = web(&["10.244.1.10", "10.244.2.10"]);
+    b.sync(&ports(std::slice::from_ref(&p)), &BTreeSet::new(), true)
+        .unwrap();
+    let cid = id("10.96.0.10", 80);
+    for d in &mut w.lock().unwrap().vs.get_mut(&cid).unwrap().dests {
+        d.1.active = 1;
+    }
+    let p2 = web(&["10.244.1.10"]);
+    b.sync(
+        &ports(std::slice::from_ref(&p2)),
+        &[p2.key.clone()].into(),
+        false,
+    )
+    .unwrap();
+    assert!(b.follow_up().is_some());
+    // Someone deletes the draining real server by hand; a full sync re-reads.
+    w.lock()
+        .unwrap()
+        .vs
+        .get_mut(&cid)
+        .unwrap()
+        .dests
+        .retain(|d| d.0.weight != 0);
+    b.sync(&ports(std::slice::from_ref(&p2)), &BTreeSet::new(), true)
+        .unwrap();
+    assert_eq!(
+        b.follow_up(),
+        None,
+        "no follow-up syncs for a drain that ended"
+    );
+}
+
+#[test]
+fn ports_of_a_family_the_proxy_does_not_program_are_ignored() {
+    let w = W::default();
+    let dir = sysctl_dir();
+    let mut b = backend(&w, dir.path());
+    let v6 = service_port(
+        "ns",
+        "six",
+        "",
+        Protocol::Tcp,
+        "fd00::10",
+        80,
+        vec![endpoint("fd00:244::10", 8080)],
+    );
+    w.lock().unwrap().link = Some(["fd00::99".parse().unwrap()].into());
+    b.sync(
+        &ports(&[web(&["10.244.1.10"]), v6.clone()]),
+        &BTreeSet::new(),
+        true,
+    )
+    .unwrap();
+    b.sync(
+        &ports(&[web(&["10.244.1.10"]), v6.clone()]),
+        &[v6.key.clone()].into(),
+        false,
+    )
+    .unwrap();
+    let w = w.lock().unwrap();
+    assert!(w.vs.keys().all(|i| i.addr.is_ipv4()), "{:?}", w.vs.keys());
+    let link = w.link.as_ref().unwrap();
+    assert!(
+        link.contains(&"fd00::99".parse::<IpAddr>().unwrap()),
+        "the other family's addresses are left alone"
+    );
+    assert!(!link.contains(&"fd00::10".parse::<IpAddr>().unwrap()));
+}

@@ -20,6 +20,8 @@ pub struct IpvsConfig {
     /// Addresses already on another interface of the node: an externalIP or
     /// load-balancer IP among them is not bound to kube-ipvs0 again.
     pub host_addresses: BTreeSet<IpAddr>,
+    /// The Node object's primary IPs (the node's own IP for source ranges).
+    pub primary_ips: Vec<IpAddr>,
 }
 
 /// Desired state of one node.
@@ -105,8 +107,9 @@ pub fn contribution(sp: &ServicePort, cfg: &IpvsConfig) -> Contribution {
         c.entries.push((kind, ip_port(ip, proto, sp.port)));
     }
     let node_ip = cfg
-        .node_ips
+        .primary_ips
         .iter()
+        .chain(&cfg.node_ips)
         .find(|ip| Family::of(ip) == sp.key.family);
     for ip in &sp.load_balancer_ips {
         c.services.push((vs(*ip, sp.port), dests(external)));
@@ -126,8 +129,14 @@ pub fn contribution(sp: &ServicePort, cfg: &IpvsConfig) -> Contribution {
         if !ranges.is_empty() {
             c.entries.push((SetKind::LoadBalancerFw, e.clone()));
             for r in &ranges {
+                // ipset prints a host range without its prefix length.
+                let net = if r.prefix_len() == r.max_prefix_len() {
+                    r.addr().to_string()
+                } else {
+                    r.to_string()
+                };
                 c.entries
-                    .push((SetKind::LoadBalancerSourceCidr, format!("{e},{r}")));
+                    .push((SetKind::LoadBalancerSourceCidr, format!("{e},{net}")));
             }
             if node_ip.is_some_and(|n| ranges.iter().any(|r| r.contains(n))) {
                 c.entries
@@ -313,6 +322,7 @@ mod tests {
             node_ips: vec!["192.168.10.5".parse().unwrap(), "fd00::5".parse().unwrap()],
             drain_timeout: Duration::from_secs(30),
             host_addresses: BTreeSet::new(),
+            primary_ips: vec![],
         }
     }
 

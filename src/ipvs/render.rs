@@ -33,6 +33,7 @@ pub fn render(ports: &[ServicePort], s: &IpvsSettings, node_ips: &[IpAddr]) -> S
             .collect(),
         drain_timeout: s.drain_timeout,
         host_addresses: node_ips.iter().copied().collect(),
+        primary_ips: vec![],
     };
     let mut agg = Aggregate::default();
     for p in ports {

@@ -36,9 +36,10 @@ pub type Entry = (Family, SetKind, String);
 #[derive(Debug, Default)]
 pub struct Aggregate {
     by_key: HashMap<ServicePortKey, Contribution>,
-    /// Providers of each virtual server, in insertion order; the first wins
-    /// when two service ports claim the same VIP:port (a conflict).
-    providers: HashMap<ServiceId, Vec<ServicePortKey>>,
+    /// Providers of each virtual server; the smallest key wins when two
+    /// service ports claim the same VIP:port (a conflict), so the winner does
+    /// not change when either is updated.
+    providers: HashMap<ServiceId, BTreeSet<ServicePortKey>>,
     addresses: HashMap<IpAddr, usize>,
     entries: HashMap<Entry, usize>,
     per_set: BTreeMap<(Family, SetKind), usize>,
@@ -79,7 +80,7 @@ impl Aggregate {
             for (vs, _) in &old.services {
                 t.services.insert(vs.id.clone());
                 if let Some(p) = self.providers.get_mut(&vs.id) {
-                    p.retain(|k| k != key);
+                    p.remove(key);
                     if p.is_empty() {
                         self.providers.remove(&vs.id);
                     }
@@ -111,10 +112,10 @@ impl Aggregate {
         let c = contribution(sp, cfg);
         for (vs, _) in &c.services {
             t.services.insert(vs.id.clone());
-            let p = self.providers.entry(vs.id.clone()).or_default();
-            if !p.contains(key) {
-                p.push(key.clone());
-            }
+            self.providers
+                .entry(vs.id.clone())
+                .or_default()
+                .insert(key.clone());
         }
         for a in &c.addresses {
             t.addresses.insert(*a);
@@ -136,7 +137,7 @@ impl Aggregate {
 
     /// The wanted virtual server and real servers for `id`, if any port wants it.
     pub fn service(&self, id: &ServiceId) -> Option<&(VirtualServer, BTreeSet<Destination>)> {
-        let key = self.providers.get(id)?.first()?;
+        let key = self.providers.get(id)?.iter().next()?;
         self.by_key
             .get(key)?
             .services
@@ -216,6 +217,7 @@ mod tests {
             node_ips: vec!["192.168.10.5".parse().unwrap()],
             drain_timeout: Duration::from_secs(30),
             host_addresses: BTreeSet::new(),
+            primary_ips: vec![],
         }
     }
 

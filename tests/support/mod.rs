@@ -82,6 +82,8 @@ pub struct Lab {
     pub objects: PathBuf,
     /// Extra iptables flavor prefix for iptables-save ("" or "-legacy").
     pub flavor: String,
+    /// Command put in front of the proxy inside the node namespace.
+    pub proxy_wrapper: Vec<String>,
 }
 
 impl Lab {
@@ -101,6 +103,7 @@ impl Lab {
             dir,
             objects,
             flavor: String::new(),
+            proxy_wrapper: vec![],
         };
         let (node, client) = (lab.node.as_str(), lab.client.as_str());
         for ns in [node, client] {
@@ -250,12 +253,9 @@ impl Lab {
             &["--source", &src]
         };
         let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.node,
-                env!("CARGO_BIN_EXE_kube-proxy-rs"),
-            ])
+            .args(["netns", "exec", &self.node])
+            .args(&self.proxy_wrapper)
+            .arg(env!("CARGO_BIN_EXE_kube-proxy-rs"))
             .args(source)
             .args(["--hostname-override", NODE_NAME])
             .args([
@@ -313,6 +313,10 @@ impl Lab {
             std::env::var("PATH").unwrap_or_default()
         );
         (flag, path)
+    }
+
+    pub fn proxy_pid(&self) -> Option<u32> {
+        self.proxy.as_ref().map(|c| c.id())
     }
 
     pub fn proxy_running(&mut self) -> bool {
