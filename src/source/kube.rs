@@ -10,6 +10,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Label selector for the Services this proxy serves, as upstream builds it.
@@ -28,6 +29,55 @@ fn key_of<K: Resource>(o: &K) -> ServiceKey {
     }
 }
 
+/// Retry delays of a failed watch: 0.5 s doubling to at most 10 s, each
+/// jittered to 50-100 % so nodes do not retry in step. Shorter than
+/// client-go's 30 s cap (jittered up to 60 s), so changes made around an API
+/// server outage reach the kernel within seconds of its return; API Priority
+/// and Fairness protects a recovering server from the extra retries.
+#[derive(Debug, Clone)]
+pub struct WatchBackoff {
+    next: Duration,
+    seed: u64,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64 ^ u64::from(std::process::id()))
+            .unwrap_or(1)
+            | 1;
+        WatchBackoff {
+            next: BACKOFF_MIN,
+            seed,
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        // xorshift64: enough randomness for jitter.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let frac = 0.5 + (self.seed % 1000) as f64 / 2000.0;
+        let d = self.next.mul_f64(frac);
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        Some(d)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
+
 /// Runs the watches until the receiver goes away.
 pub async fn run(
     client: Client,
@@ -38,7 +88,7 @@ pub async fn run(
     let nodes: Api<Node> = Api::all(client.clone());
     let node_cfg = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
     let node_stream = watcher::watcher(nodes, node_cfg)
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .applied_objects();
     let node_tx = tx.clone();
     tokio::spawn(async move {
@@ -63,8 +113,9 @@ pub async fn run(
     let slices: Api<EndpointSlice> = Api::all(client);
     let svc_cfg =
         watcher::Config::default().labels(&service_selector(service_proxy_name.as_deref()));
-    let svc_stream = watcher::watcher(services, svc_cfg).default_backoff();
-    let slice_stream = watcher::watcher(slices, watcher::Config::default()).default_backoff();
+    let svc_stream = watcher::watcher(services, svc_cfg).backoff(WatchBackoff::default());
+    let slice_stream =
+        watcher::watcher(slices, watcher::Config::default()).backoff(WatchBackoff::default());
     let a = pump(
         svc_stream,
         Kind::Services,
@@ -142,6 +193,21 @@ async fn pump<K, S>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watch_backoff_grows_jittered_caps_and_resets() {
+        use kube::runtime::utils::Backoff;
+        let mut b = WatchBackoff::default();
+        let d: Vec<Duration> = b.by_ref().take(8).collect();
+        assert!(d[0] >= Duration::from_millis(250) && d[0] <= Duration::from_millis(500));
+        assert!(d.iter().all(|x| *x <= BACKOFF_MAX));
+        assert!(
+            d[7] >= BACKOFF_MAX / 2,
+            "capped at 10 s, jittered down to half"
+        );
+        b.reset();
+        assert!(b.next().unwrap() <= BACKOFF_MIN);
+    }
 
     #[test]
     fn selectors() {
