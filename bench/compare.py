@@ -1,0 +1,352 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: kube-proxy-rs vs upstream kube-proxy (same Kubernetes
+release, built by scripts/k8s/build.sh), iptables mode, against a real
+kube-apiserver (scripts/k8s/controlplane.sh). Root only. Each proxy runs alone
+(one after the other, same cluster state) in its own network namespace, so
+neither touches the host's rules and they do not compete for the 2 cores.
+
+Usage: compare.py [--sizes 1000,10000] [--endpoints 5] [--changes 30]
+                  [--proxies rs,upstream] [--out bench/results]
+                  [--iptables nft|legacy]
+
+Per proxy x size it measures, from outside the proxy:
+  cold_start_s      process start -> every Service's KUBE-SVC chain is in
+                    `iptables-save -t nat` of its namespace (polled every 0.5 s)
+  latency_ms p50/p99  EndpointSlice PATCH accepted by the API server -> the new
+                    endpoint's rule is in the kernel (`iptables -t nat -S <its
+                    KUBE-SVC chain>`, polled every 5 ms), over --changes changes
+  floor_ms p50/p99  bare `iptables-restore --noflush` of one rewritten KUBE-SVC
+                    chain and its KUBE-SEP chains at that size (the physical floor)
+  cpu_s_per_1000_changes  CPU seconds the proxy used during the changes, x 1000/changes
+  peak_rss_mb       VmHWM of the proxy over the whole run
+Both run with --min-sync-period 0s (upstream: --iptables-min-sync-period=0s).
+Results: JSON (one record per proxy x mode x N x metric), a Markdown table and,
+when matplotlib is available, a PNG chart of latency vs N.
+"""
+import argparse
+import concurrent.futures
+import json
+import os
+import platform
+import re
+import shutil
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gen_objects  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+K8S_VERSION = "v1.33.13"
+NS = "bench"
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
+
+
+class Api:
+    def __init__(self, cpdir):
+        env = open(os.path.join(cpdir, "env")).read()
+        self.server = re.search(r"KPRS_APISERVER=(\S+)", env).group(1)
+        self.token = open(os.path.join(cpdir, "tokens.csv")).readline().split(",")[0]
+        self.ctx = ssl.create_default_context(cafile=os.path.join(cpdir, "ca.crt"))
+        self.port = int(self.server.rsplit(":", 1)[1])
+
+    def call(self, method, path, body=None, ctype="application/json"):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.server + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            req.add_header("Content-Type", ctype)
+        with urllib.request.urlopen(req, context=self.ctx, timeout=60) as r:
+            return json.loads(r.read() or b"{}")
+
+
+def objects(i, m, version=0):
+    """Service i and its slice as dicts (from the same generator as bench/)."""
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(gen_objects.service_yaml(NS, i, m, version)) if d]
+    # 10.100.0.1 onwards: clear of 10.96.0.1, which the API server gives the
+    # `kubernetes` Service.
+    docs[0]["spec"]["clusterIP"] = f"10.{100 + (i + 1) // 65536}.{(i + 1) // 256 % 256}.{(i + 1) % 256}"
+    return docs[0], docs[1]
+
+
+def create_all(api, n, m):
+    api.call("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    # Upstream waits for its Node object; a real cluster has one.
+    api.call("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-0"}})
+    # ... and its InternalIP, as kubelet would report it.
+    api.call("PATCH", "/api/v1/nodes/node-0/status",
+             {"status": {"addresses": [{"type": "InternalIP", "address": "192.168.77.1"}]}},
+             ctype="application/merge-patch+json")
+
+    def one(i):
+        svc, sl = objects(i, m)
+        api.call("POST", f"/api/v1/namespaces/{NS}/services", svc)
+        api.call("POST", f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices", sl)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        list(ex.map(one, range(n)))
+
+
+def socat_forward(netns, port):
+    """Makes the host's 127.0.0.1:port reachable at 127.0.0.1:port inside netns."""
+    subprocess.run(["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"], check=True)
+    return subprocess.Popen(
+        ["ip", "netns", "exec", netns, "socat", f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr",
+         f"EXEC:nsenter --net=/proc/{os.getpid()}/ns/net socat STDIO TCP\\:127.0.0.1\\:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def proc(pid):
+    st = open(f"/proc/{pid}/status").read()
+    hwm = int(re.search(r"VmHWM:\s+(\d+)", st).group(1))
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return hwm / 1024, (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ipt(flavor, tool):
+    return {"nft": f"iptables-nft{tool}", "legacy": f"iptables-legacy{tool}"}[flavor]
+
+
+def start_proxy(which, netns, kubeconfig, flavor, log):
+    if which == "rs":
+        binary = os.path.join(ROOT, "target/release/kube-proxy-rs")
+        cmd = [binary, "--kubeconfig", kubeconfig, "--hostname-override", "node-0",
+               "--proxy-mode", "iptables", "--iptables-backend", flavor, "--min-sync-period", "0s"]
+    else:
+        binary = f"/var/cache/kube-proxy-rs/k8s/{K8S_VERSION}/bin/kube-proxy"
+        cmd = [binary, "--kubeconfig", kubeconfig, "--hostname-override", "node-0",
+               "--proxy-mode", "iptables", "--iptables-min-sync-period=0s",
+               "--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0",
+               "--conntrack-tcp-timeout-close-wait=0", "--v=1"]
+    return subprocess.Popen(["ip", "netns", "exec", netns] + cmd, stdout=log, stderr=log,
+                            stdin=subprocess.DEVNULL)
+
+
+def count_svc_chains(netns, flavor):
+    out = subprocess.run(["ip", "netns", "exec", netns, ipt(flavor, "-save"), "-t", "nat"],
+                         capture_output=True, text=True).stdout
+    return sum(1 for l in out.splitlines() if l.startswith(":KUBE-SVC-")), out
+
+
+def svc_chain(save, i):
+    m = re.search(rf'--comment "{NS}/svc-{i}:http cluster IP".*-j (KUBE-SVC-\S+)', save)
+    return m.group(1) if m else None
+
+
+def sep_targets(netns, flavor, chain):
+    out = subprocess.run(["ip", "netns", "exec", netns, ipt(flavor, ""), "-t", "nat", "-S", chain],
+                         capture_output=True, text=True).stdout
+    return sorted(re.findall(r"-j (KUBE-SEP-\S+)", out))
+
+
+def percentile(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def floor_ms(netns, flavor, chain, i, m, reps=10):
+    """Bare restore of one KUBE-SVC chain + its KUBE-SEP chains (the floor)."""
+    times = []
+    for r in range(reps):
+        lines = ["*nat", f":{chain} - [0:0]"]
+        for e in range(m):
+            sep = f"KUBE-SEP-FLOOR{r % 2}{e}"
+            lines.insert(2, f":{sep} - [0:0]")
+            lines.append(f"-A {sep} -p tcp -m comment --comment floor -j DNAT --to-destination 10.250.{r}.{e + 1}:8080")
+            lines.append(f"-A {chain} -m comment --comment floor -m statistic --mode random --probability 0.2 -j {sep}")
+        lines.append("COMMIT\n")
+        t = time.monotonic()
+        subprocess.run(["ip", "netns", "exec", netns, ipt(flavor, "-restore"), "--noflush"],
+                       input="\n".join(lines), text=True, check=True)
+        times.append((time.monotonic() - t) * 1000)
+    return times
+
+
+RUNS = [0]
+
+
+def run_one(which, n, m, changes, api, kubeconfig, flavor, workdir):
+    RUNS[0] += 1
+    netns = f"kprs-bench-{which}-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    fwd = socat_forward(netns, api.port)
+    log = open(os.path.join(workdir, f"{which}-{n}.log"), "w")
+    rec = {}
+    try:
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        p = start_proxy(which, netns, kubeconfig, flavor, log)
+        save = ""
+        while time.monotonic() - t0 < 1800:
+            got, save = count_svc_chains(netns, flavor)
+            if got >= n:
+                break
+            if p.poll() is not None:
+                raise SystemExit(f"{which} exited; see {log.name}")
+            time.sleep(0.5)
+        rec["cold_start_s"] = round(time.monotonic() - t0, 2)
+        time.sleep(3)
+        # Programming latency: replace one endpoint of service i, wait for it.
+        lat = []
+        _, cpu0 = proc(p.pid)
+        for k in range(changes):
+            i = (k * 7919) % n
+            chain = svc_chain(save, i)
+            # Unique per run: the proxies share the cluster, and a PUT that
+            # changes nothing produces no event.
+            new_ip = f"10.{200 + RUNS[0]}.{k // 250}.{k % 250 + 1}"
+            path = f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices/svc-{i}-abcde"
+            sl = api.call("GET", path)
+            sl["endpoints"][0]["addresses"] = [new_ip]
+            # Upstream leaves comments out past 1,000 endpoints, so the change
+            # is seen as a new set of KUBE-SEP jumps in the service's chain.
+            before = sep_targets(netns, flavor, chain)
+            t = time.monotonic()
+            api.call("PUT", path, sl)
+            while time.monotonic() - t < 60:
+                if sep_targets(netns, flavor, chain) != before:
+                    break
+                time.sleep(0.005)
+            lat.append((time.monotonic() - t) * 1000)
+            time.sleep(0.2)
+        rss, cpu1 = proc(p.pid)
+        rec["latency_p50_ms"] = round(percentile(lat, 50), 1)
+        rec["latency_p99_ms"] = round(percentile(lat, 99), 1)
+        rec["cpu_s_per_1000_changes"] = round((cpu1 - cpu0) * 1000 / changes, 1)
+        rec["peak_rss_mb"] = round(rss, 1)
+        fl = floor_ms(netns, flavor, svc_chain(save, 1), 1, m)
+        rec["floor_p50_ms"] = round(percentile(fl, 50), 1)
+        rec["floor_p99_ms"] = round(percentile(fl, 99), 1)
+        p.kill()
+        p.wait()
+    finally:
+        fwd.kill()
+        subprocess.run(["ip", "netns", "del", netns])
+    return rec
+
+
+def targets(rows):
+    """The issue's targets at the largest size measured, as pass/fail lines."""
+    sizes = sorted({n for n, _ in rows})
+    if not sizes:
+        return []
+    n = sizes[-1]
+    rs, up = rows.get((n, "kube-proxy-rs"), {}), rows.get((n, "kube-proxy"), {})
+    checks = []
+
+    def check(name, ok, detail):
+        checks.append(f"- {'PASS' if ok else 'FAIL'}: {name} ({detail})")
+
+    if rs:
+        check("p50 <= 1.5 x bare restore", rs["latency_p50_ms"] <= 1.5 * rs["floor_p50_ms"],
+              f"{rs['latency_p50_ms']} ms vs floor {rs['floor_p50_ms']} ms")
+        check("p99 <= 3 x bare restore", rs["latency_p99_ms"] <= 3 * rs["floor_p50_ms"],
+              f"{rs['latency_p99_ms']} ms vs floor {rs['floor_p50_ms']} ms")
+        check("cold start <= 10 s", rs["cold_start_s"] <= 10, f"{rs['cold_start_s']} s")
+    if rs and up:
+        check("p50 >= 10x better than upstream", up["latency_p50_ms"] >= 10 * rs["latency_p50_ms"],
+              f"{up['latency_p50_ms']} vs {rs['latency_p50_ms']} ms")
+        check("cold start >= 10x faster than upstream", up["cold_start_s"] >= 10 * rs["cold_start_s"],
+              f"{up['cold_start_s']} vs {rs['cold_start_s']} s")
+        check("peak RSS <= 1/4 of upstream", rs["peak_rss_mb"] * 4 <= up["peak_rss_mb"],
+              f"{rs['peak_rss_mb']} vs {up['peak_rss_mb']} MB")
+        check("CPU per 1,000 changes <= 1/10 of upstream",
+              rs["cpu_s_per_1000_changes"] * 10 <= up["cpu_s_per_1000_changes"],
+              f"{rs['cpu_s_per_1000_changes']} vs {up['cpu_s_per_1000_changes']} s")
+    return [f"Targets at {n} Services:"] + checks
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1000,10000")
+    ap.add_argument("--endpoints", type=int, default=5)
+    ap.add_argument("--changes", type=int, default=30)
+    ap.add_argument("--proxies", default="rs,upstream")
+    ap.add_argument("--iptables", default="nft")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench/results"))
+    a = ap.parse_args()
+    if a.iptables == "legacy" and "upstream" in a.proxies:
+        sys.exit("upstream kube-proxy uses the host's iptables (nft here); compare legacy with --proxies rs only")
+    if os.geteuid() != 0:
+        sys.exit("compare.py needs root")
+    for tool, pkg in (("socat", "socat"), ("nsenter", "util-linux")):
+        if not shutil.which(tool):
+            subprocess.run(["apt-get", "install", "-y", "-qq", pkg], check=True)
+    for mod, pkg in (("yaml", "pyyaml"), ("matplotlib", "matplotlib")):
+        try:
+            __import__(mod)
+        except ImportError:
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", pkg], check=True)
+    sh(["cargo", "build", "--release", "--quiet"], cwd=ROOT)
+    sh(["bash", os.path.join(ROOT, "scripts/k8s/build.sh")])
+    machine = f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB, kernel {platform.release()}, {sh([ipt(a.iptables, ''), '--version']).strip()}"
+    records = []
+    for n in [int(x) for x in a.sizes.split(",")]:
+        cpdir = tempfile.mkdtemp(prefix="kprs-bench-cp-")
+        sh(["bash", os.path.join(ROOT, "scripts/k8s/controlplane.sh"), "start", cpdir])
+        try:
+            api = Api(cpdir)
+            t = time.monotonic()
+            create_all(api, n, a.endpoints)
+            print(f"N={n}: created {n} Services + slices in {time.monotonic() - t:.0f}s", flush=True)
+            kubeconfig = os.path.join(cpdir, "admin.kubeconfig")
+            for which in a.proxies.split(","):
+                rec = run_one(which, n, a.endpoints, a.changes, api, kubeconfig, a.iptables, cpdir)
+                print(f"N={n} {which}: {rec}", flush=True)
+                for metric, value in rec.items():
+                    records.append({"proxy": "kube-proxy-rs" if which == "rs" else "kube-proxy",
+                                    "mode": f"iptables-{a.iptables}", "services": n, "endpoints": a.endpoints,
+                                    "metric": metric, "value": value, "machine": machine,
+                                    "kubernetes": K8S_VERSION, "date": time.strftime("%Y-%m-%d")})
+        finally:
+            subprocess.run(["bash", os.path.join(ROOT, "scripts/k8s/controlplane.sh"), "stop", cpdir])
+    os.makedirs(a.out, exist_ok=True)
+    stem = os.path.join(a.out, f"compare-iptables-{a.iptables}")
+    with open(stem + ".json", "w") as fh:
+        json.dump(records, fh, indent=1)
+    metrics = ["cold_start_s", "latency_p50_ms", "latency_p99_ms", "floor_p50_ms", "floor_p99_ms",
+               "cpu_s_per_1000_changes", "peak_rss_mb"]
+    rows = {}
+    for r in records:
+        rows.setdefault((r["services"], r["proxy"]), {})[r["metric"]] = r["value"]
+    md = [f"{time.strftime('%Y-%m-%d')}, {machine}, Kubernetes {K8S_VERSION}, {a.endpoints} endpoints per Service, {a.changes} changes per size\n",
+          "| services | proxy | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for (n, proxy), v in sorted(rows.items()):
+        md.append(f"| {n} | {proxy} | " + " | ".join(str(v.get(k, "")) for k in metrics) + " |")
+    md += ["", *targets(rows)]
+    with open(stem + ".md", "w") as fh:
+        fh.write("\n".join(md) + "\n")
+    print("\n".join(md))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for proxy in sorted({p for _, p in rows}):
+            ns_ = sorted(n for n, p in rows if p == proxy)
+            for key, style in (("latency_p50_ms", "-o"), ("latency_p99_ms", "--x")):
+                ax.plot(ns_, [rows[(n, proxy)].get(key) for n in ns_], style, label=f"{proxy} {key[8:11]}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("Services (x5 endpoints)")
+        ax.set_ylabel("programming latency (ms)")
+        ax.legend()
+        ax.grid(True, which="both", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(stem + ".png", dpi=110)
+    except ImportError:
+        print("matplotlib not installed: no chart (pip install matplotlib)")
+
+
+if __name__ == "__main__":
+    main()
