@@ -29,7 +29,7 @@ macro_rules! require_guest {
     };
 }
 
-const GUEST_TESTS: usize = 4;
+const GUEST_TESTS: usize = 5;
 
 #[test]
 fn ipvs_suite_in_qemu_guest() {
@@ -38,11 +38,26 @@ fn ipvs_suite_in_qemu_guest() {
     }
     require_kernel!();
     let exe = std::env::current_exe().unwrap();
+    // A real API server on the host for the guest's apiserver-source test
+    // (reached from the guest at 10.0.2.2); that test skips without it.
+    let cp = match ControlPlane::start(false) {
+        Ok(cp) => Some(cp),
+        Err(why) => {
+            println!(
+                "no control plane for the guest ({why}); guest_follows_the_api_server will skip"
+            );
+            None
+        }
+    };
+    let cp_env = cp
+        .as_ref()
+        .map(|cp| format!("KPRS_GUEST_CP={}:{}", path_str(cp.dir.path()), cp.port))
+        .unwrap_or_else(|| "KPRS_GUEST_CP=".into());
     let started = Instant::now();
     let out = Command::new("bash")
         .arg(root().join("scripts/qemu/run.sh"))
         .args(["--timeout", "1500", "--mem", "2048", "--"])
-        .args(["env", "KPRS_IN_GUEST=1", "RUST_BACKTRACE=1"])
+        .args(["env", "KPRS_IN_GUEST=1", "RUST_BACKTRACE=1", &cp_env])
         .arg(&exe)
         .args(["guest_", "--test-threads=1", "--nocapture"])
         .current_dir(root())
@@ -419,4 +434,84 @@ fn guest_restart_under_load_drops_nothing() {
         assert_eq!(v["attempted"], 240, "{r}");
         assert_eq!(v["failed"], 0, "{r}");
     }
+}
+
+/// ipvs mode against the host's real kube-apiserver (issue: e2e in the guest).
+#[test]
+fn guest_follows_the_api_server() {
+    require_guest!();
+    let cp = std::env::var("KPRS_GUEST_CP").unwrap_or_default();
+    let Some((dir, port)) = cp.rsplit_once(':') else {
+        eprintln!("SKIPPED: no control plane on the host");
+        return;
+    };
+    let port: u16 = port.parse().unwrap();
+    let kubectl = |args: &[&str]| {
+        let bin = std::fs::read_to_string(format!("{dir}/env"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("export KPRS_K8S_BIN=").map(str::to_string))
+            .unwrap();
+        let out = Command::new(format!("{bin}/kubectl"))
+            .arg("--kubeconfig")
+            .arg(format!("{dir}/guest.kubeconfig"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let mut lab = Lab::new();
+    pods3(&mut lab);
+    let objs = service(
+        "apiweb",
+        "{clusterIP: 10.96.0.70, ports: [{name: http, port: 80, targetPort: 8080}]}",
+    ) + &slice(
+        "apiweb-1",
+        "apiweb",
+        "[{name: http, port: 8080}]",
+        &LOCAL3[..1],
+    );
+    lab.write("apiweb.yaml", &objs);
+    kubectl(&["create", "namespace", "test"]);
+    kubectl(&["apply", "-f", &path_str(&lab.objects.join("apiweb.yaml"))]);
+    forward_into_netns_to(&lab.node.clone(), port, "10.0.2.2");
+    let kubeconfig = format!("{dir}/admin.kubeconfig");
+    lab.remove("apiweb.yaml");
+    lab.start_proxy(&[
+        "--proxy-mode",
+        "ipvs",
+        "--source",
+        "apiserver",
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
+    wait_until("virtual server from the API server", WAIT, || {
+        real_servers(&ipvsadm(&lab), "10.96.0.70:80").len() == 1
+    });
+    assert_eq!(
+        spread(&lab.node, "http://10.96.0.70/", 4).get("pod0:8080"),
+        Some(&4)
+    );
+    // An update at the API server reaches IPVS.
+    let objs = slice("apiweb-1", "apiweb", "[{name: http, port: 8080}]", &LOCAL3);
+    lab.write("update.yaml", &objs);
+    kubectl(&["apply", "-f", &path_str(&lab.objects.join("update.yaml"))]);
+    lab.remove("update.yaml");
+    wait_until("three real servers after the update", WAIT, || {
+        real_servers(&ipvsadm(&lab), "10.96.0.70:80").len() == 3
+    });
+    at_least_each(
+        &spread(&lab.node, "http://10.96.0.70/", 9),
+        &["pod0:8080", "pod1:8080", "pod2:8080"],
+        2,
+    );
+    kubectl(&["delete", "service", "apiweb", "-n", "test"]);
+    wait_until("virtual server gone with the Service", WAIT, || {
+        !ipvsadm(&lab).contains("10.96.0.70:80")
+    });
+    assert!(!ipvs0(&lab).contains("10.96.0.70/32"));
 }

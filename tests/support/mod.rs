@@ -481,6 +481,12 @@ pub fn path_str(p: &Path) -> String {
 /// test's own namespace (where the API server listens), like a node reaching its
 /// control plane. A listener thread binds inside `ns`, then serves from here.
 pub fn forward_into_netns(ns: &str, port: u16) {
+    forward_into_netns_to(ns, port, "127.0.0.1");
+}
+
+/// Same, with the outside end at `host:port` (a QEMU guest reaches the host's
+/// loopback at 10.0.2.2).
+pub fn forward_into_netns_to(ns: &str, port: u16, host: &'static str) {
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
     let target = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
@@ -495,7 +501,7 @@ pub fn forward_into_netns(ns: &str, port: u16) {
         tx.send(()).unwrap();
         for conn in listener.incoming() {
             let Ok(inbound) = conn else { continue };
-            let Ok(outbound) = TcpStream::connect(("127.0.0.1", port)) else {
+            let Ok(outbound) = TcpStream::connect((host, port)) else {
                 continue;
             };
             let (mut a, mut b) = (inbound.try_clone().unwrap(), outbound.try_clone().unwrap());
