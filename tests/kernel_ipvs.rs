@@ -242,10 +242,41 @@ fn guest_removed_endpoint_drains_then_goes() {
     let mut lab = Lab::new();
     pods3(&mut lab);
     lab.write("objects.yaml", &web_objects());
+    // As the DaemonSet runs it: a privileged `--init-only`, then the proxy
+    // with NET_ADMIN and NET_RAW only and /proc/sys read-only.
+    let init = lab.in_ns(
+        &lab.node,
+        &[
+            env!("CARGO_BIN_EXE_kube-proxy-rs"),
+            "--proxy-mode",
+            "ipvs",
+            "--init-only",
+        ],
+    );
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    lab.proxy_wrapper = [
+        "unshare",
+        "-m",
+        "sh",
+        "-c",
+        "mount -o bind,ro /proc/sys /proc/sys && exec setpriv --bounding-set -all,+net_admin,+net_raw --inh-caps -all -- \"$0\" \"$@\"",
+    ]
+    .map(String::from)
+    .to_vec();
     lab.start_proxy(&["--proxy-mode", "ipvs"]);
     wait_until("three real servers", WAIT, || {
         real_servers(&ipvsadm(&lab), "10.96.0.10:80").len() == 3
     });
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", lab.proxy_pid().unwrap())).unwrap();
+    assert!(
+        status.contains("CapEff:\t0000000000003000"),
+        "NET_ADMIN and NET_RAW only"
+    );
     // Hold one TCP connection open through the clusterIP for a while.
     let holder = Command::new("ip")
         .args(["netns", "exec", &lab.client, "python3", "-c"])
