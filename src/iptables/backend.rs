@@ -25,6 +25,8 @@ pub struct IptablesBackend {
     engines: Vec<Engine>,
     /// `--nodeport-addresses primary`: NodePorts follow the Node's primary IPs.
     pub nodeport_primary: bool,
+    /// Rule counts per chain as written, for the periodic check.
+    written: super::written::Shared,
 }
 
 impl IptablesBackend {
@@ -58,6 +60,7 @@ impl IptablesBackend {
             factory,
             engines,
             nodeport_primary: false,
+            written: Default::default(),
         }
     }
 
@@ -87,12 +90,15 @@ impl Backend for IptablesBackend {
             let payloads = engine.plan(ports, changed, full);
             for (i, p) in payloads.iter().enumerate() {
                 if let Err(e) = kernel.restore(family, &p.text) {
+                    let mut w = self.written.lock().unwrap();
                     for rest in &payloads[i..] {
                         engine.forget(rest);
+                        w.forget(family, rest);
                     }
                     return Err(e);
                 }
                 engine.commit(p);
+                self.written.lock().unwrap().commit(family, p);
                 stats.calls += 1;
                 stats.lines += p.lines;
                 stats.written += p.writes.len();
@@ -120,9 +126,31 @@ impl Backend for IptablesBackend {
     fn verify_job(&self) -> Option<VerifyJob> {
         let factory = self.factory.clone();
         let families = self.families();
+        let written = self.written.clone();
         Some(Box::new(move || {
             let mut kernel = factory();
             let mut intact = true;
+            // Chains flushed or deleted by hand: compare rule counts.
+            let snap = written.lock().unwrap().snapshot();
+            for &family in &families {
+                for table in [Table::Nat, Table::Filter] {
+                    let save = kernel.save(family, table)?;
+                    let damaged = {
+                        let now = written.lock().unwrap();
+                        snap.damaged(&now, family, table, &save)
+                    };
+                    if !damaged.is_empty() {
+                        tracing::warn!(
+                            ?family,
+                            table = table.name(),
+                            chains = damaged.len(),
+                            first = %damaged[0],
+                            "kube-proxy chains were changed by hand; rewriting"
+                        );
+                        intact = false;
+                    }
+                }
+            }
             for family in families {
                 for j in jumps() {
                     if kernel.ensure_jump(family, &j)? {

@@ -6,6 +6,7 @@ pub mod fixed;
 pub mod names;
 pub mod render;
 pub mod state;
+pub mod written;
 
 pub use backend::IptablesBackend;
 pub use render::RenderConfig;
