@@ -10,7 +10,8 @@ Usage: soak.py [--services 10000] [--endpoints 5] [--seconds 300]
 Each cycle rewrites --files-per-cycle object files (100 Services each) with a
 new endpoint set whose size alternates between M and M-2 (endpoints added and
 removed), then samples /proc/PID. The report (JSON + Markdown) gives RSS after
-warm-up (first 20% of the run) and at the end, the least-squares RSS slope per
+warm-up (the first 20% of the run, at least one full rotation of the files)
+and at the end, the least-squares RSS slope per
 cycle after warm-up, and CPU seconds.
 """
 import argparse
@@ -116,7 +117,9 @@ def main():
         proxy.kill()
         proxy.wait()
         subprocess.run(["ip", "netns", "del", ns])
-    warm = max(1, len(samples) // 5)
+    # Warm-up: the first 20 % of the run, and at least one full rotation (every
+    # file rewritten once), after which the set of objects has its final shape.
+    warm = min(len(samples) - 1, max(1, len(samples) // 5, nfiles // a.files_per_cycle)) if samples else 0
     post = samples[warm:]
     rss_slope = slope([s["cycle"] for s in post], [s["rss_kb"] for s in post])
     report = {

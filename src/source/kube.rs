@@ -135,6 +135,16 @@ pub async fn run(
     tokio::join!(a, b);
 }
 
+/// Drops what the proxy never reads but the API server sends with every
+/// object: managedFields and kubectl's last-applied copy of the object. At
+/// 10,000 Services they are a large share of the memory the watch holds.
+fn slim<K: kube::ResourceExt>(mut o: K) -> K {
+    o.managed_fields_mut().clear();
+    o.annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
+    o
+}
+
 async fn pump<K, S>(
     stream: S,
     kind: Kind,
@@ -156,7 +166,7 @@ async fn pump<K, S>(
                 None
             }
             Ok(Event::InitApply(o)) => {
-                buffer.get_or_insert_with(Vec::new).push(o);
+                buffer.get_or_insert_with(Vec::new).push(slim(o));
                 None
             }
             Ok(Event::InitDone) => {
@@ -167,7 +177,7 @@ async fn pump<K, S>(
                 }
                 Some(SourceMsg::Synced(kind))
             }
-            Ok(Event::Apply(o)) => Some(SourceMsg::Update(apply(o))),
+            Ok(Event::Apply(o)) => Some(SourceMsg::Update(apply(slim(o)))),
             Ok(Event::Delete(o)) => Some(SourceMsg::Update(delete(key_of(&o)))),
             Err(e) => {
                 // The watcher relists by itself (410 Gone included) with backoff.
@@ -193,6 +203,23 @@ async fn pump<K, S>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slim_drops_managed_fields_and_last_applied_only() {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default",
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}",
+                                "service.kubernetes.io/topology-mode": "Auto"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
+            "spec": {"clusterIP": "10.96.0.10"}
+        }))
+        .unwrap();
+        let s = slim(svc);
+        assert!(s.metadata.managed_fields.unwrap_or_default().is_empty());
+        let ann = s.metadata.annotations.unwrap();
+        assert_eq!(ann.len(), 1);
+        assert_eq!(ann["service.kubernetes.io/topology-mode"], "Auto");
+    }
 
     #[test]
     fn watch_backoff_grows_jittered_caps_and_resets() {
