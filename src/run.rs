@@ -122,6 +122,13 @@ fn node_sysctls(s: &Settings) -> Vec<(String, String, String)> {
 pub fn init_only(flags: &Flags) -> Result<()> {
     let s = flags.settings()?;
     init_logging(&s);
+    if s.mode == ProxyMode::Ipvs {
+        // Resolving the IPVS netlink family makes the kernel load ip_vs, which
+        // is what creates the net.ipv4.vs.* sysctls set below.
+        if let Err(e) = crate::ipvs::netlink::IpvsSocket::connect() {
+            tracing::warn!(error = %format!("{e:#}"), "IPVS not available yet");
+        }
+    }
     for (key, value, why) in node_sysctls(&s) {
         node::set_sysctl(&key.replace('/', "."), &value)
             .with_context(|| format!("setting {key}={value}"))?;

@@ -89,6 +89,7 @@ impl Backend for IptablesBackend {
             let family = engine.cfg.family;
             let payloads = engine.plan(ports, changed, full);
             for (i, p) in payloads.iter().enumerate() {
+                self.written.lock().unwrap().begin(family, p);
                 if let Err(e) = kernel.restore(family, &p.text) {
                     let mut w = self.written.lock().unwrap();
                     for rest in &payloads[i..] {
@@ -131,14 +132,22 @@ impl Backend for IptablesBackend {
             let mut kernel = factory();
             let mut intact = true;
             // Chains flushed or deleted by hand: compare rule counts.
-            let snap = written.lock().unwrap().snapshot();
             for &family in &families {
                 for table in [Table::Nat, Table::Filter] {
+                    let since = written.lock().unwrap().generation();
                     let save = kernel.save(family, table)?;
-                    let damaged = {
-                        let now = written.lock().unwrap();
-                        snap.damaged(&now, family, table, &save)
+                    let Some(counts) = super::written::rule_counts(table, &save) else {
+                        tracing::debug!(
+                            ?family,
+                            table = table.name(),
+                            "iptables-save output unreadable; chain check skipped"
+                        );
+                        continue;
                     };
+                    let damaged = written
+                        .lock()
+                        .unwrap()
+                        .damaged(since, family, table, &counts);
                     if !damaged.is_empty() {
                         tracing::warn!(
                             ?family,

@@ -255,8 +255,44 @@ mod backend_with_fake_kernel {
             l.restores.push(payload.to_string());
             Ok(())
         }
-        fn save(&mut self, _: Family, _: Table) -> anyhow::Result<String> {
-            Ok("*nat\n:KUBE-SVC-STALESTALESTALE1 - [0:0]\nCOMMIT\n".into())
+        fn save(&mut self, _: Family, table: Table) -> anyhow::Result<String> {
+            // The kernel as the restores left it (chain -> rules), plus a
+            // stale chain from an earlier run in nat.
+            let l = self.0.lock().unwrap();
+            let mut chains: std::collections::BTreeMap<String, usize> = Default::default();
+            let mut current = String::new();
+            for payload in &l.restores {
+                for line in payload.lines() {
+                    if let Some(t) = line.strip_prefix('*') {
+                        current = t.to_string();
+                    } else if current != table.name() {
+                    } else if let Some(c) = line.strip_prefix(':') {
+                        chains.insert(c.split(' ').next().unwrap().to_string(), 0);
+                    } else if let Some(c) = line.strip_prefix("-A ") {
+                        *chains
+                            .entry(c.split(' ').next().unwrap().to_string())
+                            .or_default() += 1;
+                    } else if let Some(c) = line.strip_prefix("-X ") {
+                        chains.remove(c.trim());
+                    }
+                }
+            }
+            if table == Table::Nat {
+                chains
+                    .entry("KUBE-SVC-STALESTALESTALE1".into())
+                    .or_default();
+            }
+            let mut out = format!("*{}\n", table.name());
+            for c in chains.keys() {
+                out.push_str(&format!(":{c} - [0:0]\n"));
+            }
+            for (c, n) in &chains {
+                for _ in 0..*n {
+                    out.push_str(&format!("-A {c} -j RETURN\n"));
+                }
+            }
+            out.push_str("COMMIT\n");
+            Ok(out)
         }
         fn ensure_jump(&mut self, _: Family, _: &Jump) -> anyhow::Result<bool> {
             let mut l = self.0.lock().unwrap();

@@ -1,7 +1,8 @@
 //! What the kernel should hold, as rule counts per chain, shared with the
 //! periodic check that runs off the sync loop. Each entry remembers the sync
-//! generation that wrote it, so a chain rewritten while the check was reading
-//! the kernel is not mistaken for damage.
+//! generation that last touched it (marked before a restore starts), so a
+//! chain being rewritten while the check reads the kernel is never mistaken
+//! for damage.
 
 use super::render::Table;
 use super::state::{ChainId, Payload};
@@ -11,7 +12,17 @@ use std::sync::{Arc, Mutex};
 
 type Key = (Family, ChainId);
 
-#[derive(Debug, Default, Clone)]
+/// Chains other software also writes (kubelet, older kubelets, the host
+/// firewall): their rule counts are not ours to check.
+const SHARED: [&str; 5] = [
+    "KUBE-FIREWALL",
+    "KUBE-POSTROUTING",
+    "KUBE-MARK-MASQ",
+    "KUBE-MARK-DROP",
+    "KUBE-KUBELET-CANARY",
+];
+
+#[derive(Debug, Default)]
 pub struct Written {
     gen: u64,
     chains: HashMap<Key, (usize, u64)>,
@@ -20,6 +31,22 @@ pub struct Written {
 pub type Shared = Arc<Mutex<Written>>;
 
 impl Written {
+    pub fn generation(&self) -> u64 {
+        self.gen
+    }
+
+    /// A payload is about to be restored: its chains are in flux until
+    /// `commit` or `forget`.
+    pub fn begin(&mut self, family: Family, p: &Payload) {
+        self.gen += 1;
+        let gen = self.gen;
+        for id in p.writes.iter().map(|(id, _, _)| id).chain(&p.deletes) {
+            if let Some(e) = self.chains.get_mut(&(family, id.clone())) {
+                e.1 = gen;
+            }
+        }
+    }
+
     /// A payload reached the kernel.
     pub fn commit(&mut self, family: Family, p: &Payload) {
         self.gen += 1;
@@ -39,42 +66,53 @@ impl Written {
         }
     }
 
-    pub fn snapshot(&self) -> Written {
-        self.clone()
-    }
-
-    /// Chains of `family`/`table` whose rule count in `save` (iptables-save
-    /// output) differs from what was written, and that nobody rewrote since
-    /// `self` (a snapshot) was taken.
-    pub fn damaged(&self, now: &Written, family: Family, table: Table, save: &str) -> Vec<String> {
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for line in save.lines() {
-            if let Some(rest) = line.strip_prefix(':') {
-                if let Some(name) = rest.split_whitespace().next() {
-                    counts.entry(name).or_default();
-                }
-            } else if let Some(rest) = line.strip_prefix("-A ") {
-                if let Some(name) = rest.split_whitespace().next() {
-                    *counts.entry(name).or_default() += 1;
-                }
-            }
-        }
-        let mut out = Vec::new();
-        for ((f, (t, name)), (n, _)) in &self.chains {
-            if *f != family || *t != table || counts.get(name.as_str()) == Some(n) {
-                continue;
-            }
-            let unchanged = now
-                .chains
-                .get(&(*f, (*t, name.clone())))
-                .is_some_and(|(_, g)| *g <= self.gen);
-            if unchanged {
-                out.push(name.clone());
-            }
-        }
+    /// Chains of `family`/`table` whose rule count in `counts` (from
+    /// [`rule_counts`]) differs from what was written, among those nobody
+    /// touched after generation `since` (read before the kernel was).
+    pub fn damaged(
+        &self,
+        since: u64,
+        family: Family,
+        table: Table,
+        counts: &BTreeMap<String, usize>,
+    ) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .chains
+            .iter()
+            .filter(|((f, (t, name)), (n, g))| {
+                *f == family
+                    && *t == table
+                    && *g <= since
+                    && !SHARED.contains(&name.as_str())
+                    && counts.get(name) != Some(n)
+            })
+            .map(|((_, (_, name)), _)| name.clone())
+            .collect();
         out.sort();
         out
     }
+}
+
+/// Rules per chain in one table's `iptables-save` output; None when the
+/// output is not a readable dump of that table (e.g. iptables-nft reporting
+/// the table as incompatible), so nothing can be concluded.
+pub fn rule_counts(table: Table, save: &str) -> Option<BTreeMap<String, usize>> {
+    if !save.lines().any(|l| l == format!("*{}", table.name())) || save.contains("incompatible") {
+        return None;
+    }
+    let mut counts = BTreeMap::new();
+    for line in save.lines() {
+        if let Some(rest) = line.strip_prefix(':') {
+            if let Some(name) = rest.split_whitespace().next() {
+                counts.entry(name.to_string()).or_default();
+            }
+        } else if let Some(rest) = line.strip_prefix("-A ") {
+            if let Some(name) = rest.split_whitespace().next() {
+                *counts.entry(name.to_string()).or_default() += 1;
+            }
+        }
+    }
+    Some(counts)
 }
 
 #[cfg(test)]
@@ -101,21 +139,45 @@ mod tests {
         w.commit(
             Family::V4,
             &payload(
-                &[("KUBE-SVC-A", 2), ("KUBE-SVC-B", 1), ("KUBE-SVC-C", 0)],
+                &[
+                    ("KUBE-SVC-A", 2),
+                    ("KUBE-SVC-B", 1),
+                    ("KUBE-SVC-C", 0),
+                    ("KUBE-FIREWALL", 0),
+                ],
                 &[],
             ),
         );
-        let snap = w.snapshot();
-        // The kernel: A flushed by hand, B intact, C deleted by hand.
-        let save = ":KUBE-SVC-A - [0:0]\n:KUBE-SVC-B - [0:0]\n-A KUBE-SVC-B -j KUBE-SEP-X\n";
+        let since = w.generation();
+        // The kernel: A flushed by hand, B intact, C deleted by hand, kubelet
+        // added a rule to the shared KUBE-FIREWALL.
+        let save = "*nat\n:KUBE-SVC-A - [0:0]\n:KUBE-SVC-B - [0:0]\n:KUBE-FIREWALL - [0:0]\n-A KUBE-SVC-B -j KUBE-SEP-X\n-A KUBE-FIREWALL -j DROP\nCOMMIT\n";
+        let counts = rule_counts(Table::Nat, save).unwrap();
         assert_eq!(
-            snap.damaged(&w, Family::V4, Table::Nat, save),
+            w.damaged(since, Family::V4, Table::Nat, &counts),
             vec!["KUBE-SVC-A", "KUBE-SVC-C"]
         );
-        assert!(snap.damaged(&w, Family::V4, Table::Filter, save).is_empty());
-        assert!(snap.damaged(&w, Family::V6, Table::Nat, save).is_empty());
-        // A sync rewrote A (and deleted C) while the check read the kernel.
+        assert!(w
+            .damaged(since, Family::V4, Table::Filter, &counts)
+            .is_empty());
+        assert!(w.damaged(since, Family::V6, Table::Nat, &counts).is_empty());
+        // A sync started rewriting A (and deleting C) while the check read
+        // the kernel: not damage.
+        w.begin(Family::V4, &payload(&[("KUBE-SVC-A", 3)], &["KUBE-SVC-C"]));
+        assert!(w.damaged(since, Family::V4, Table::Nat, &counts).is_empty());
         w.commit(Family::V4, &payload(&[("KUBE-SVC-A", 3)], &["KUBE-SVC-C"]));
-        assert!(snap.damaged(&w, Family::V4, Table::Nat, save).is_empty());
+        assert!(w.damaged(since, Family::V4, Table::Nat, &counts).is_empty());
+    }
+
+    #[test]
+    fn unreadable_dumps_prove_nothing() {
+        assert!(rule_counts(Table::Nat, "").is_none());
+        assert!(rule_counts(
+            Table::Nat,
+            "# Table `nat' is incompatible, use 'nft' tool.\n"
+        )
+        .is_none());
+        assert!(rule_counts(Table::Nat, "*filter\nCOMMIT\n").is_none());
+        assert_eq!(rule_counts(Table::Nat, "*nat\nCOMMIT\n").unwrap().len(), 0);
     }
 }

@@ -145,7 +145,16 @@ impl IpvsBackend {
         }
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let plan = sysctl::plan(sysctl::kernel_version(release.trim()), self.s.strict_arp);
-        let changed = sysctl::apply(&self.s.sysctl_root, &plan)?;
+        // A value that drifted while /proc/sys is read-only (an unprivileged
+        // container after --init-only) must not stop every sync: say so once.
+        let changed = match sysctl::apply(&self.s.sysctl_root, &plan) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot set the IPVS sysctls (run --init-only with privilege, or set them on the node); continuing");
+                self.sysctls_done = true;
+                return Ok(());
+            }
+        };
         for (key, old) in &changed {
             let s = plan.iter().find(|s| s.key == key).expect("planned");
             tracing::info!(sysctl = %key, from = %old, to = s.value, why = s.why, "set sysctl");

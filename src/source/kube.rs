@@ -38,7 +38,14 @@ fn key_of<K: Resource>(o: &K) -> ServiceKey {
 pub struct WatchBackoff {
     next: Duration,
     seed: u64,
+    /// When the last retry delay was handed out: the stream resets the
+    /// backoff on every good event, which must not undo it while a watch
+    /// keeps failing right after each relist.
+    last_error: Option<std::time::Instant>,
 }
+
+/// Errors this recent keep the backoff growing across successful events.
+const BACKOFF_QUIET: Duration = Duration::from_secs(30);
 
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -53,6 +60,7 @@ impl Default for WatchBackoff {
         WatchBackoff {
             next: BACKOFF_MIN,
             seed,
+            last_error: None,
         }
     }
 }
@@ -68,13 +76,16 @@ impl Iterator for WatchBackoff {
         let frac = 0.5 + (self.seed % 1000) as f64 / 2000.0;
         let d = self.next.mul_f64(frac);
         self.next = (self.next * 2).min(BACKOFF_MAX);
+        self.last_error = Some(std::time::Instant::now());
         Some(d)
     }
 }
 
 impl kube::runtime::utils::Backoff for WatchBackoff {
     fn reset(&mut self) {
-        self.next = BACKOFF_MIN;
+        if self.last_error.is_none_or(|t| t.elapsed() >= BACKOFF_QUIET) {
+            self.next = BACKOFF_MIN;
+        }
     }
 }
 
@@ -233,7 +244,13 @@ mod tests {
             "capped at 10 s, jittered down to half"
         );
         b.reset();
-        assert!(b.next().unwrap() <= BACKOFF_MIN);
+        assert!(
+            b.next().unwrap() >= BACKOFF_MAX / 2,
+            "a good event right after an error does not reset the delay"
+        );
+        b.last_error = Some(std::time::Instant::now() - BACKOFF_QUIET);
+        b.reset();
+        assert!(b.next().unwrap() <= BACKOFF_MIN, "quiet for 30 s: reset");
     }
 
     #[test]
