@@ -267,28 +267,7 @@ pub fn render_text(
         };
         out.push_str(&format!("# {tool}-restore --noflush payload\n"));
         out.push_str(&render_full(&fam, &cfg));
-        out.push_str(&format!(
-            "# jumps ensured in built-in chains ({tool} -t TABLE -I CHAIN ...):\n"
-        ));
-        for j in jumps() {
-            let args: Vec<String> = j
-                .args
-                .iter()
-                .map(|a| {
-                    if a.contains(' ') {
-                        format!("\"{a}\"")
-                    } else {
-                        a.clone()
-                    }
-                })
-                .collect();
-            out.push_str(&format!(
-                "#   -t {} -I {} {}\n",
-                j.table.name(),
-                j.from,
-                args.join(" ")
-            ));
-        }
+        out.push_str(&crate::iptables::apply::describe_jumps(tool, &jumps()));
     }
     (out, problems)
 }

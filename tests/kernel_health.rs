@@ -8,31 +8,12 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(15);
 const HEALTHZ: &str = "http://127.0.0.1:10256";
-const METRICS: &str = "http://127.0.0.1:10249/metrics";
 
 fn web(ep: &str, node: &str) -> String {
     service(
         "web",
         "{clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080}]}",
     ) + &slice("web-1", "web", "[{port: 8080}]", &[(ep, node)])
-}
-
-fn metric(ns: &str, name: &str) -> f64 {
-    let (code, body) = http_get(ns, METRICS);
-    assert_eq!(code, 200);
-    let lines = body.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("metrics parse as Prometheus text");
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
 }
 
 #[test]

@@ -258,23 +258,14 @@ fn guest_removed_endpoint_drains_then_goes() {
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
-    lab.proxy_wrapper = [
-        "unshare",
-        "-m",
-        "sh",
-        "-c",
-        "mount -o bind,ro /proc/sys /proc/sys && exec setpriv --bounding-set -all,+net_admin,+net_raw --inh-caps -all -- \"$0\" \"$@\"",
-    ]
-    .map(String::from)
-    .to_vec();
+    lab.run_unprivileged();
     lab.start_proxy(&["--proxy-mode", "ipvs"]);
     wait_until("three real servers", WAIT, || {
         real_servers(&ipvsadm(&lab), "10.96.0.10:80").len() == 3
     });
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", lab.proxy_pid().unwrap())).unwrap();
-    assert!(
-        status.contains("CapEff:\t0000000000003000"),
+    assert_eq!(
+        lab.proxy_caps(),
+        "0000000000003000",
         "NET_ADMIN and NET_RAW only"
     );
     // Hold one TCP connection open through the clusterIP for a while.

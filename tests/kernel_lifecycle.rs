@@ -367,27 +367,14 @@ fn runs_with_net_admin_and_net_raw_only_after_init_only() {
         "1",
         "set by --init-only"
     );
-    lab.proxy_wrapper = [
-        "unshare",
-        "-m",
-        "sh",
-        "-c",
-        "mount -o bind,ro /proc/sys /proc/sys && exec setpriv --bounding-set -all,+net_admin,+net_raw --inh-caps -all -- \"$0\" \"$@\"",
-    ]
-    .map(String::from)
-    .to_vec();
+    lab.run_unprivileged();
     lab.start_proxy(&[]);
     wait_until("rules programmed", WAIT, || {
         lab.save(false, "nat").contains("KUBE-SVC-")
     });
-    let pid = lab.proxy_pid().expect("running");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();
-    println!("proxy {eff}");
-    assert!(
-        eff.ends_with("0000000000003000"),
-        "only NET_ADMIN and NET_RAW: {eff}"
-    );
+    let eff = lab.proxy_caps();
+    println!("proxy CapEff: {eff}");
+    assert_eq!(eff, "0000000000003000", "only NET_ADMIN and NET_RAW");
     let pods = ["pod0:8080", "pod1:8080", "pod2:8080"];
     at_least_each(&spread(&lab.node, "http://10.96.0.10/", 12), &pods, 1);
     at_least_each(

@@ -8,24 +8,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use support::*;
 
-fn metric(ns: &str, name: &str) -> f64 {
-    let (code, body) = http_get(ns, "http://127.0.0.1:10249/metrics");
-    assert_eq!(code, 200);
-    let lines = body.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("metrics parse");
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
-}
-
 #[test]
 fn a_held_xtables_lock_delays_syncs_without_breaking_anything() {
     require_kernel!();

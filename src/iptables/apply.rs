@@ -228,6 +228,48 @@ pub fn declared_chains(save: &str) -> Vec<String> {
         .collect()
 }
 
+/// Puts back any missing jump of `jumps`; true when all were in place.
+pub fn repair_jumps(kernel: &mut dyn Kernel, family: Family, jumps: &[Jump]) -> Result<bool> {
+    let mut intact = true;
+    for j in jumps {
+        if kernel.ensure_jump(family, j)? {
+            tracing::warn!(
+                from = j.from,
+                table = j.table.name(),
+                ?family,
+                "a kube-proxy jump rule was missing; repaired"
+            );
+            intact = false;
+        }
+    }
+    Ok(intact)
+}
+
+/// The jumps as `render` prints them, one `iptables -I` line each.
+pub fn describe_jumps(tool: &str, jumps: &[Jump]) -> String {
+    let mut out = format!("# jumps ensured in built-in chains ({tool} -t TABLE -I CHAIN ...):\n");
+    for j in jumps {
+        let args: Vec<String> = j
+            .args
+            .iter()
+            .map(|a| {
+                if a.contains(' ') {
+                    format!("\"{a}\"")
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        out.push_str(&format!(
+            "#   -t {} -I {} {}\n",
+            j.table.name(),
+            j.from,
+            args.join(" ")
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -161,17 +161,7 @@ impl Backend for IptablesBackend {
                 }
             }
             for family in families {
-                for j in jumps() {
-                    if kernel.ensure_jump(family, &j)? {
-                        tracing::warn!(
-                            from = j.from,
-                            table = j.table.name(),
-                            ?family,
-                            "a kube-proxy jump rule was missing; repaired"
-                        );
-                        intact = false;
-                    }
-                }
+                intact &= super::apply::repair_jumps(kernel.as_mut(), family, &jumps())?;
             }
             Ok(intact)
         }))

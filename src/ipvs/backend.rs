@@ -494,20 +494,7 @@ impl Backend for IpvsBackend {
             }
             let mut ipt = ipt_factory();
             for f in families {
-                for j in glue::jumps() {
-                    match ipt.ensure_jump(f, &j) {
-                        Ok(false) => {}
-                        Ok(true) | Err(_) => {
-                            tracing::warn!(
-                                from = j.from,
-                                table = j.table.name(),
-                                ?f,
-                                "a kube-proxy jump rule was missing; repairing"
-                            );
-                            intact = false;
-                        }
-                    }
-                }
+                intact &= crate::iptables::apply::repair_jumps(ipt.as_mut(), f, &glue::jumps())?;
             }
             Ok(intact)
         }))

@@ -88,29 +88,10 @@ pub fn render(ports: &[ServicePort], s: &IpvsSettings, node_ips: &[IpAddr]) -> S
         };
         out.push_str(&format!("# {tool}-restore --noflush payload\n"));
         out.push_str(&glue::render(g, &agg.nonempty(f), &agg.out_filter(f)));
-        out.push_str(&format!(
-            "# jumps ensured in built-in chains ({tool} -t TABLE -I CHAIN ...):\n"
+        out.push_str(&crate::iptables::apply::describe_jumps(
+            tool,
+            &glue::jumps(),
         ));
-        for j in glue::jumps() {
-            let args: Vec<String> = j
-                .args
-                .iter()
-                .map(|a| {
-                    if a.contains(' ') {
-                        format!("\"{a}\"")
-                    } else {
-                        a.clone()
-                    }
-                })
-                .collect();
-            let _ = writeln!(
-                out,
-                "#   -t {} -I {} {}",
-                j.table.name(),
-                j.from,
-                args.join(" ")
-            );
-        }
     }
     out
 }

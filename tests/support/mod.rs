@@ -315,8 +315,30 @@ impl Lab {
         (flag, path)
     }
 
-    pub fn proxy_pid(&self) -> Option<u32> {
-        self.proxy.as_ref().map(|c| c.id())
+    /// Runs the proxy as the DaemonSet's main container does: its own mount
+    /// namespace with /proc/sys read-only, and only NET_ADMIN and NET_RAW.
+    pub fn run_unprivileged(&mut self) {
+        self.proxy_wrapper = [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            "mount -o bind,ro /proc/sys /proc/sys && exec setpriv --bounding-set -all,+net_admin,+net_raw --inh-caps -all -- \"$0\" \"$@\"",
+        ]
+        .map(String::from)
+        .to_vec();
+    }
+
+    /// The proxy's effective capabilities (`CapEff` from /proc).
+    pub fn proxy_caps(&self) -> String {
+        let pid = self.proxy.as_ref().expect("proxy running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
     }
 
     pub fn proxy_running(&mut self) -> bool {
@@ -644,4 +666,23 @@ pub fn at_least_each(hits: &BTreeMap<String, usize>, names: &[&str], min: usize)
         .map(|n| hits.get(*n).copied().unwrap_or(0))
         .sum();
     assert_eq!(known, total, "unexpected answers: {hits:?}");
+}
+
+/// One metric's value (summed over labels) from the proxy's /metrics in `ns`.
+pub fn metric(ns: &str, name: &str) -> f64 {
+    let (code, body) = http_get(ns, "http://127.0.0.1:10249/metrics");
+    assert_eq!(code, 200);
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("metrics parse as Prometheus text");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
 }
