@@ -218,31 +218,32 @@ impl IpvsBackend {
     fn sync_ipsets(&mut self, t: &Touched, full: bool) -> Result<usize> {
         let mut payload = String::new();
         let mut changes = 0;
+        let mut written = Vec::new();
         for f in self.families() {
             let applied = self.sets.entry(f).or_default();
-            let want = self.agg.entries(f);
             let (from, to) = if full {
-                (applied.clone(), want)
+                (applied.clone(), self.agg.entries(f))
             } else {
-                // Only what this sync touched.
+                // Only what this sync touched, so a change costs O(change).
                 let mut from = ipset::SetEntries::new();
                 let mut to = ipset::SetEntries::new();
+                let agg = &self.agg;
                 let touched = t
                     .entries
                     .iter()
                     .filter(|(ef, _, _)| *ef == f)
-                    .map(|(_, k, e)| (*k, e.clone()))
+                    .map(|e| (e.1, e.2.clone(), agg.wants_entry(e)))
                     .chain(
                         t.addresses
                             .iter()
                             .filter(|a| Family::of(a) == f)
-                            .map(|a| (SetKind::IpvsIps, a.to_string())),
+                            .map(|a| (SetKind::IpvsIps, a.to_string(), agg.wants_address(a))),
                     );
-                for (k, e) in touched {
+                for (k, e, wanted) in touched {
                     if applied.get(&k).is_some_and(|s| s.contains(&e)) {
                         from.entry(k).or_default().insert(e.clone());
                     }
-                    if want.get(&k).is_some_and(|s| s.contains(&e)) {
+                    if wanted {
                         to.entry(k).or_default().insert(e);
                     }
                 }
@@ -253,14 +254,29 @@ impl IpvsBackend {
             if n > 0 || full {
                 payload.push_str(&text);
                 changes += n;
+                written.push((f, from, to));
             }
         }
         if payload.is_empty() {
             return Ok(0);
         }
         self.ipset.restore(&payload)?;
-        for f in self.families() {
-            self.sets.insert(f, self.agg.entries(f));
+        for (f, from, to) in written {
+            let applied = self.sets.entry(f).or_default();
+            if full {
+                *applied = to;
+                continue;
+            }
+            for (k, es) in from {
+                if let Some(set) = applied.get_mut(&k) {
+                    for e in es {
+                        set.remove(&e);
+                    }
+                }
+            }
+            for (k, es) in to {
+                applied.entry(k).or_default().extend(es);
+            }
         }
         Ok(changes)
     }

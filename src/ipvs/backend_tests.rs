@@ -595,3 +595,40 @@ fn ports_of_a_family_the_proxy_does_not_program_are_ignored() {
     );
     assert!(!link.contains(&"fd00::10".parse::<IpAddr>().unwrap()));
 }
+
+#[test]
+fn incremental_ipset_changes_follow_each_other() {
+    let w = W::default();
+    let dir = sysctl_dir();
+    let mut b = backend(&w, dir.path());
+    let web = web(&["10.244.1.10"]);
+    b.sync(&ports(std::slice::from_ref(&web)), &BTreeSet::new(), true)
+        .unwrap();
+    // Added incrementally, then removed incrementally: the second change must
+    // know what the first wrote.
+    let dns = service_port(
+        "ns",
+        "dns",
+        "",
+        Protocol::Udp,
+        "10.96.0.53",
+        53,
+        vec![endpoint("10.244.3.3", 53)],
+    );
+    let both = ports(&[web.clone(), dns.clone()]);
+    b.sync(&both, &[dns.key.clone()].into(), false).unwrap();
+    assert!(w.lock().unwrap().sets["KUBE-CLUSTER-IP"].contains("10.96.0.53,udp:53"));
+    b.sync(
+        &ports(std::slice::from_ref(&web)),
+        &[dns.key.clone()].into(),
+        false,
+    )
+    .unwrap();
+    let w = w.lock().unwrap();
+    assert_eq!(
+        w.sets["KUBE-CLUSTER-IP"],
+        ["10.96.0.10,tcp:80".to_string()].into()
+    );
+    assert!(!w.sets["KUBE-IPVS-IPS"].contains("10.96.0.53"));
+    assert_eq!(w.sets["KUBE-IPVS-IPS"].len(), 2);
+}
