@@ -260,12 +260,22 @@ pub fn cleanup_family(kernel: &mut dyn Kernel, family: Family) -> Result<()> {
     for j in jumps() {
         kernel.delete_jump(family, &j)?;
     }
+    delete_chains(kernel, family, |_, c| owned_chain(c))
+}
+
+/// Flushes and deletes, in one restore, every chain of `family` that `ours`
+/// claims (by table and name) and the kernel has.
+pub fn delete_chains(
+    kernel: &mut dyn Kernel,
+    family: Family,
+    ours: impl Fn(Table, &str) -> bool,
+) -> Result<()> {
     let mut payload = String::new();
     for table in [Table::Filter, Table::Nat] {
         let save = kernel.save(family, table)?;
         let chains: Vec<String> = declared_chains(&save)
             .into_iter()
-            .filter(|c| owned_chain(c))
+            .filter(|c| ours(table, c))
             .collect();
         if chains.is_empty() {
             continue;

@@ -13,7 +13,7 @@ use super::state::{Aggregate, Touched};
 use super::sysctl;
 use super::wire::ServiceId;
 use crate::backend::{Backend, Ports, ScanJob, ScanResult, SyncStats, VerifyJob};
-use crate::iptables::apply::{declared_chains, Kernel};
+use crate::iptables::apply::Kernel;
 use crate::iptables::backend::KernelFactory;
 use crate::iptables::render::Table;
 use crate::model::{Family, ServicePortKey};
@@ -591,31 +591,13 @@ pub fn cleanup(
         {
             ipt.delete_jump(f, j)?;
         }
-        let mut payload = String::new();
-        for (table, ours) in [
-            (Table::Nat, &NAT_CHAINS[..]),
-            (Table::Filter, &FILTER_CHAINS[..]),
-        ] {
-            let save = ipt.save(f, table)?;
-            let present: Vec<String> = declared_chains(&save)
-                .into_iter()
-                .filter(|c| ours.contains(&c.as_str()) || crate::iptables::backend::owned_chain(c))
-                .collect();
-            if present.is_empty() {
-                continue;
-            }
-            payload.push_str(&format!("*{}\n", table.name()));
-            for c in &present {
-                payload.push_str(&format!(":{c} - [0:0]\n"));
-            }
-            for c in &present {
-                payload.push_str(&format!("-X {c}\n"));
-            }
-            payload.push_str("COMMIT\n");
-        }
-        if !payload.is_empty() {
-            ipt.restore(f, &payload)?;
-        }
+        crate::iptables::backend::delete_chains(ipt, f, |table, c| {
+            let ours = match table {
+                Table::Nat => &NAT_CHAINS[..],
+                Table::Filter => &FILTER_CHAINS[..],
+            };
+            ours.contains(&c) || crate::iptables::backend::owned_chain(c)
+        })?;
     }
     let existing = ipset.names().unwrap_or_default();
     let mut destroy = String::new();
