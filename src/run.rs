@@ -225,7 +225,8 @@ pub fn load_ports(s: &Settings, dir: &std::path::Path) -> (Vec<ServicePort>, Vec
     let keys: Vec<_> = store.service_keys().cloned().collect();
     for key in keys {
         let svc = store.service(&key).expect("listed key");
-        match build_service(svc, &store.slices_of(&key), &ctx) {
+        let slices = store.slices_of(&key);
+        match build_service(&svc, &crate::sync::model::refs(&slices), &ctx) {
             Ok(out) => {
                 problems.extend(out.warnings.into_iter().map(|w| format!("warning: {w}")));
                 if let Built::Ports(p) = out.built {

@@ -167,7 +167,8 @@ fn rules_flushed_by_hand_are_repaired_within_a_sync_period() {
         t.elapsed().as_secs_f64()
     );
     assert!(
-        lab.log().contains("kube-proxy chains were changed by hand"),
+        lab.log()
+            .contains("kube-proxy chains were changed or deleted by hand"),
         "{}",
         lab.log()
     );

@@ -25,6 +25,17 @@ pub trait Kernel: Send {
     fn restore(&mut self, family: Family, payload: &str) -> Result<()>;
     /// `iptables-save -t <table>`.
     fn save(&mut self, family: Family, table: Table) -> Result<String>;
+    /// `iptables-save -t <table>`, one line at a time (the dump of a large
+    /// table is tens of MB; the periodic checks need only a pass over it).
+    fn save_each(
+        &mut self,
+        family: Family,
+        table: Table,
+        each: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        self.save(family, table)?.lines().for_each(each);
+        Ok(())
+    }
     /// Makes sure a jump rule exists; true when it had to be inserted.
     fn ensure_jump(&mut self, family: Family, jump: &Jump) -> Result<bool>;
     /// Removes a jump rule if present.
@@ -136,6 +147,48 @@ impl Kernel for SystemIptables {
         String::from_utf8(out.stdout).map_err(|e| anyhow!("{bin} printed non-UTF-8: {e}"))
     }
 
+    fn save_each(
+        &mut self,
+        family: Family,
+        table: Table,
+        each: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        use std::io::BufRead;
+        let bin = self.bin(family, "-save");
+        let mut child = Command::new(&bin)
+            .arg("-t")
+            .arg(table.name())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {bin}"))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut reader = std::io::BufReader::with_capacity(1 << 16, stdout);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) => break,
+                Ok(_) => each(line.trim_end_matches('\n')),
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("reading {bin} output: {e}");
+                }
+            }
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "{bin} -t {} failed: {}",
+                table.name(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
     fn ensure_jump(&mut self, family: Family, jump: &Jump) -> Result<bool> {
         let check = self.jump_cmd(family, "-C", jump).output()?;
         if check.status.success() {
@@ -222,10 +275,30 @@ pub fn detect_flavor() -> IptablesFlavor {
 /// Chain names declared in an `iptables-save` dump (`:NAME POLICY [p:b]`).
 pub fn declared_chains(save: &str) -> Vec<String> {
     save.lines()
-        .filter_map(|l| l.strip_prefix(':'))
-        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(declared_chain)
         .map(str::to_string)
         .collect()
+}
+
+/// The chain a dump line declares, if it is a declaration.
+pub fn declared_chain(line: &str) -> Option<&str> {
+    line.strip_prefix(':')?.split_whitespace().next()
+}
+
+/// Chain names declared in `iptables-save -t <table>`, read as a stream.
+pub fn declared_chains_in(
+    kernel: &mut dyn Kernel,
+    family: Family,
+    table: Table,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    kernel.save_each(family, table, &mut |l| {
+        if let Some(c) = declared_chain(l).filter(|c| keep(c)) {
+            out.push(c.to_string());
+        }
+    })?;
+    Ok(out)
 }
 
 /// Puts back any missing jump of `jumps`; true when all were in place.

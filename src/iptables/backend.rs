@@ -1,9 +1,9 @@
 //! The iptables backend: per-family engines + the applier.
 
-use super::apply::{declared_chains, Kernel};
+use super::apply::{declared_chains_in, Kernel};
 use super::names::{self, is_service_chain};
 use super::render::{jumps, RenderConfig, Table};
-use super::state::{ChainId, Engine};
+use super::state::{ChainId, Engine, Payload};
 use crate::backend::{Backend, Ports, ScanJob, ScanResult, SyncStats, VerifyJob};
 use crate::model::{Family, ServicePortKey};
 use anyhow::Result;
@@ -87,23 +87,34 @@ impl Backend for IptablesBackend {
         let mut kernel = self.kernel.lock().unwrap();
         for engine in &mut self.engines {
             let family = engine.cfg.family;
-            let payloads = engine.plan(ports, changed, full);
-            for (i, p) in payloads.iter().enumerate() {
-                self.written.lock().unwrap().begin(family, p);
-                if let Err(e) = kernel.restore(family, &p.text) {
-                    let mut w = self.written.lock().unwrap();
-                    for rest in &payloads[i..] {
-                        engine.forget(rest);
-                        w.forget(family, rest);
-                    }
-                    return Err(e);
+            // Each payload is restored and committed as soon as it is
+            // planned; after a failure the rest are only forgotten.
+            let mut failure: Option<anyhow::Error> = None;
+            let written = &self.written;
+            engine.plan_each(ports, changed, full, &mut |p: &Payload| {
+                if failure.is_some() {
+                    written.lock().unwrap().forget(family, p);
+                    return Some(false);
                 }
-                engine.commit(p);
-                self.written.lock().unwrap().commit(family, p);
-                stats.calls += 1;
-                stats.lines += p.lines;
-                stats.written += p.writes.len();
-                stats.deleted += p.deletes.len();
+                written.lock().unwrap().begin(family, p);
+                match kernel.restore(family, &p.text) {
+                    Ok(()) => {
+                        written.lock().unwrap().commit(family, p);
+                        stats.calls += 1;
+                        stats.lines += p.lines;
+                        stats.written += p.writes.len();
+                        stats.deleted += p.deletes.len();
+                        Some(true)
+                    }
+                    Err(e) => {
+                        written.lock().unwrap().forget(family, p);
+                        failure = Some(e);
+                        Some(false)
+                    }
+                }
+            });
+            if let Some(e) = failure {
+                return Err(e);
             }
             if full {
                 for j in jumps() {
@@ -135,8 +146,9 @@ impl Backend for IptablesBackend {
             for &family in &families {
                 for table in [Table::Nat, Table::Filter] {
                     let since = written.lock().unwrap().generation();
-                    let save = kernel.save(family, table)?;
-                    let Some(counts) = super::written::rule_counts(table, &save) else {
+                    let mut counter = super::written::RuleCounter::new(table);
+                    kernel.save_each(family, table, &mut |l| counter.feed(l))?;
+                    let Some(counts) = counter.finish() else {
                         tracing::debug!(
                             ?family,
                             table = table.name(),
@@ -152,9 +164,11 @@ impl Backend for IptablesBackend {
                         tracing::warn!(
                             ?family,
                             table = table.name(),
-                            chains = damaged.len(),
-                            first = %damaged[0],
-                            "kube-proxy chains were changed by hand; rewriting"
+                            changed = damaged.changed.len(),
+                            missing = damaged.missing,
+                            first_changed =
+                                damaged.changed.first().map(String::as_str).unwrap_or("-"),
+                            "kube-proxy chains were changed or deleted by hand; rewriting"
                         );
                         intact = false;
                     }
@@ -174,12 +188,9 @@ impl Backend for IptablesBackend {
             let mut kernel = factory();
             let mut found: Vec<(Family, ChainId)> = Vec::new();
             for family in families {
-                let save = kernel.save(family, Table::Nat)?;
-                for name in declared_chains(&save) {
-                    if is_service_chain(&name) {
-                        found.push((family, (Table::Nat, name)));
-                    }
-                }
+                let names =
+                    declared_chains_in(kernel.as_mut(), family, Table::Nat, is_service_chain)?;
+                found.extend(names.into_iter().map(|n| (family, (Table::Nat, n))));
             }
             Ok(Box::new(found) as ScanResult)
         }))
@@ -272,11 +283,7 @@ pub fn delete_chains(
 ) -> Result<()> {
     let mut payload = String::new();
     for table in [Table::Filter, Table::Nat] {
-        let save = kernel.save(family, table)?;
-        let chains: Vec<String> = declared_chains(&save)
-            .into_iter()
-            .filter(|c| ours(table, c))
-            .collect();
+        let chains = declared_chains_in(kernel, family, table, |c| ours(table, c))?;
         if chains.is_empty() {
             continue;
         }

@@ -182,6 +182,31 @@ impl Engine {
         changed: &BTreeSet<ServicePortKey>,
         full: bool,
     ) -> Vec<Payload> {
+        let mut payloads = Vec::new();
+        self.plan_each(ports, changed, full, &mut |p| {
+            payloads.push(p.clone());
+            None
+        });
+        payloads
+    }
+
+    /// Like [`Engine::plan`], but hands each payload to `emit` as soon as it
+    /// is complete, so a full sync holds one payload at a time (at 10,000
+    /// Services all payloads together are ~45 MB). `emit` answers whether
+    /// the payload reached the kernel (then it is committed) or failed (then
+    /// forgotten), or `None` to leave that to the caller.
+    pub fn plan_each(
+        &mut self,
+        ports: &BTreeMap<ServicePortKey, ServicePort>,
+        changed: &BTreeSet<ServicePortKey>,
+        full: bool,
+        emit: &mut dyn FnMut(&Payload) -> Option<bool>,
+    ) {
+        let mut emit = |engine: &mut Engine, p: Payload| match emit(&p) {
+            Some(true) => engine.commit(&p),
+            Some(false) => engine.forget(&p),
+            None => {}
+        };
         let full = full || std::mem::take(&mut self.force_full);
         let family = self.cfg.family;
         let mut known_before: HashSet<ChainId> = HashSet::new();
@@ -199,7 +224,6 @@ impl Engine {
                 .collect()
         };
 
-        let mut payloads = Vec::new();
         let mut cur = PayloadBuilder::default();
         for chain in render_fixed(&self.cfg) {
             let h = hash_rules(&chain.rules);
@@ -245,7 +269,7 @@ impl Engine {
             }
             self.summaries.insert(key, summary);
             if cur.lines >= self.max_payload_lines {
-                payloads.push(std::mem::take(&mut cur).finish());
+                emit(self, std::mem::take(&mut cur).finish());
             }
         }
 
@@ -306,9 +330,8 @@ impl Engine {
             cur.delete(id);
         }
         if !cur.is_empty() {
-            payloads.push(cur.finish());
+            emit(self, cur.finish());
         }
-        payloads
     }
 
     /// The payload reached the kernel.

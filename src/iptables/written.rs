@@ -5,12 +5,21 @@
 //! for damage.
 
 use super::render::Table;
-use super::state::{ChainId, Payload};
+use super::state::Payload;
 use crate::model::Family;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
-type Key = (Family, ChainId);
+/// A chain, by a 64-bit hash of its family, table and name: at 10,000
+/// Services there are 60,000 chains, and names as keys took ~12 MB.
+type Key = u64;
+
+fn key(family: Family, table: Table, name: &str) -> Key {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (family, table, name).hash(&mut h);
+    h.finish()
+}
 
 /// Chains other software also writes (kubelet, older kubelets, the host
 /// firewall): their rule counts are not ours to check.
@@ -22,13 +31,36 @@ const SHARED: [&str; 5] = [
     "KUBE-KUBELET-CANARY",
 ];
 
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    family: Family,
+    table: Table,
+    rules: u32,
+    gen: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct Written {
     gen: u64,
-    chains: HashMap<Key, (usize, u64)>,
+    chains: HashMap<Key, Entry>,
 }
 
 pub type Shared = Arc<Mutex<Written>>;
+
+/// What the check found wrong in one table.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Damage {
+    /// Chains whose rule count differs (flushed or edited by hand), by name.
+    pub changed: Vec<String>,
+    /// How many chains we wrote are gone from the kernel.
+    pub missing: usize,
+}
+
+impl Damage {
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.missing == 0
+    }
+}
 
 impl Written {
     pub fn generation(&self) -> u64 {
@@ -41,8 +73,8 @@ impl Written {
         self.gen += 1;
         let gen = self.gen;
         for id in p.writes.iter().map(|(id, _, _)| id).chain(&p.deletes) {
-            if let Some(e) = self.chains.get_mut(&(family, id.clone())) {
-                e.1 = gen;
+            if let Some(e) = self.chains.get_mut(&key(family, id.0, &id.1)) {
+                e.gen = gen;
             }
         }
     }
@@ -50,11 +82,20 @@ impl Written {
     /// A payload reached the kernel.
     pub fn commit(&mut self, family: Family, p: &Payload) {
         self.gen += 1;
-        for (id, _, n) in &p.writes {
-            self.chains.insert((family, id.clone()), (*n, self.gen));
+        for ((table, name), _, n) in &p.writes {
+            if SHARED.contains(&name.as_str()) {
+                continue;
+            }
+            let e = Entry {
+                family,
+                table: *table,
+                rules: *n as u32,
+                gen: self.gen,
+            };
+            self.chains.insert(key(family, *table, name), e);
         }
         for id in &p.deletes {
-            self.chains.remove(&(family, id.clone()));
+            self.chains.remove(&key(family, id.0, &id.1));
         }
     }
 
@@ -62,34 +103,41 @@ impl Written {
     pub fn forget(&mut self, family: Family, p: &Payload) {
         self.gen += 1;
         for (id, _, _) in &p.writes {
-            self.chains.remove(&(family, id.clone()));
+            self.chains.remove(&key(family, id.0, &id.1));
         }
     }
 
     /// Chains of `family`/`table` whose rule count in `counts` (from
-    /// [`rule_counts`]) differs from what was written, among those nobody
-    /// touched after generation `since` (read before the kernel was).
+    /// [`rule_counts`]) differs from what was written, or that are gone,
+    /// among those nobody touched after generation `since` (read before the
+    /// kernel was).
     pub fn damaged(
         &self,
         since: u64,
         family: Family,
         table: Table,
         counts: &BTreeMap<String, usize>,
-    ) -> Vec<String> {
-        let mut out: Vec<String> = self
+    ) -> Damage {
+        let mut d = Damage::default();
+        // Chains we wrote, not touched since, that the dump shows.
+        let mut present = 0usize;
+        for (name, n) in counts {
+            if let Some(e) = self.chains.get(&key(family, table, name)) {
+                if e.gen <= since {
+                    present += 1;
+                    if e.rules as usize != *n {
+                        d.changed.push(name.clone());
+                    }
+                }
+            }
+        }
+        let ours = self
             .chains
-            .iter()
-            .filter(|((f, (t, name)), (n, g))| {
-                *f == family
-                    && *t == table
-                    && *g <= since
-                    && !SHARED.contains(&name.as_str())
-                    && counts.get(name) != Some(n)
-            })
-            .map(|((_, (_, name)), _)| name.clone())
-            .collect();
-        out.sort();
-        out
+            .values()
+            .filter(|e| e.family == family && e.table == table && e.gen <= since)
+            .count();
+        d.missing = ours.saturating_sub(present);
+        d
     }
 }
 
@@ -97,22 +145,54 @@ impl Written {
 /// output is not a readable dump of that table (e.g. iptables-nft reporting
 /// the table as incompatible), so nothing can be concluded.
 pub fn rule_counts(table: Table, save: &str) -> Option<BTreeMap<String, usize>> {
-    if !save.lines().any(|l| l == format!("*{}", table.name())) || save.contains("incompatible") {
-        return None;
+    let mut c = RuleCounter::new(table);
+    save.lines().for_each(|l| c.feed(l));
+    c.finish()
+}
+
+/// [`rule_counts`] fed one line at a time.
+pub struct RuleCounter {
+    header: String,
+    seen_header: bool,
+    incompatible: bool,
+    counts: BTreeMap<String, usize>,
+}
+
+impl RuleCounter {
+    pub fn new(table: Table) -> Self {
+        RuleCounter {
+            header: format!("*{}", table.name()),
+            seen_header: false,
+            incompatible: false,
+            counts: BTreeMap::new(),
+        }
     }
-    let mut counts = BTreeMap::new();
-    for line in save.lines() {
-        if let Some(rest) = line.strip_prefix(':') {
+
+    pub fn feed(&mut self, line: &str) {
+        if line == self.header {
+            self.seen_header = true;
+        } else if let Some(rest) = line.strip_prefix(':') {
             if let Some(name) = rest.split_whitespace().next() {
-                counts.entry(name.to_string()).or_default();
+                self.counts.entry(name.to_string()).or_default();
             }
         } else if let Some(rest) = line.strip_prefix("-A ") {
             if let Some(name) = rest.split_whitespace().next() {
-                *counts.entry(name.to_string()).or_default() += 1;
+                match self.counts.get_mut(name) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.counts.insert(name.to_string(), 1);
+                    }
+                }
             }
         }
+        if line.contains("incompatible") {
+            self.incompatible = true;
+        }
     }
-    Some(counts)
+
+    pub fn finish(self) -> Option<BTreeMap<String, usize>> {
+        (self.seen_header && !self.incompatible).then_some(self.counts)
+    }
 }
 
 #[cfg(test)]
@@ -155,7 +235,10 @@ mod tests {
         let counts = rule_counts(Table::Nat, save).unwrap();
         assert_eq!(
             w.damaged(since, Family::V4, Table::Nat, &counts),
-            vec!["KUBE-SVC-A", "KUBE-SVC-C"]
+            Damage {
+                changed: vec!["KUBE-SVC-A".to_string()],
+                missing: 1
+            }
         );
         assert!(w
             .damaged(since, Family::V4, Table::Filter, &counts)

@@ -133,7 +133,6 @@ pub async fn run(
         tx.clone(),
         |s| Update::Service(Box::new(s)),
         Update::ServiceDeleted,
-        Update::ReplaceServices,
     );
     let b = pump(
         slice_stream,
@@ -141,7 +140,6 @@ pub async fn run(
         tx,
         |s| Update::Slice(Box::new(s)),
         Update::SliceDeleted,
-        Update::ReplaceSlices,
     );
     tokio::join!(a, b);
 }
@@ -162,28 +160,32 @@ async fn pump<K, S>(
     tx: mpsc::Sender<SourceMsg>,
     apply: fn(K) -> Update,
     delete: fn(ServiceKey) -> Update,
-    replace: fn(Vec<K>) -> Update,
 ) where
     K: Resource + Clone,
     S: Stream<Item = Result<Event<K>, watcher::Error>>,
 {
     futures::pin_mut!(stream);
-    let mut buffer: Option<Vec<K>> = None;
+    // A listing is streamed to the store object by object (not buffered):
+    // only one decoded object is in memory at a time.
+    let mut listed = 0usize;
     let mut error_logged = false;
     while let Some(ev) = stream.next().await {
         let msg = match ev {
             Ok(Event::Init) => {
-                buffer = Some(Vec::new());
-                None
+                listed = 0;
+                Some(SourceMsg::Update(Update::ListBegin(kind)))
             }
             Ok(Event::InitApply(o)) => {
-                buffer.get_or_insert_with(Vec::new).push(slim(o));
-                None
+                listed += 1;
+                Some(SourceMsg::Update(apply(slim(o))))
             }
             Ok(Event::InitDone) => {
-                let list = buffer.take().unwrap_or_default();
-                tracing::info!(?kind, objects = list.len(), "listed");
-                if tx.send(SourceMsg::Update(replace(list))).await.is_err() {
+                tracing::info!(?kind, objects = listed, "listed");
+                if tx
+                    .send(SourceMsg::Update(Update::ListDone(kind)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 Some(SourceMsg::Synced(kind))

@@ -140,7 +140,11 @@ impl Loop {
             SourceMsg::Update(u) => {
                 let is_slice = matches!(
                     u,
-                    Update::Slice(_) | Update::SliceDeleted(_) | Update::ReplaceSlices(_)
+                    Update::Slice(_)
+                        | Update::SliceDeleted(_)
+                        | Update::ReplaceSlices(_)
+                        | Update::ListBegin(Kind::EndpointSlices)
+                        | Update::ListDone(Kind::EndpointSlices)
                 );
                 if let Update::Slice(s) = &u {
                     let trigger = s

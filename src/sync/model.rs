@@ -5,6 +5,11 @@ use crate::model::{build_service, Built, NodeContext, ServiceKey, ServicePort, S
 use crate::source::Store;
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Borrows each slice, as `build_service` takes them.
+pub fn refs<T>(v: &[T]) -> Vec<&T> {
+    v.iter().collect()
+}
+
 /// A service port before and after a rebuild (for conntrack cleanup).
 pub type PortChange = (Option<ServicePort>, Option<ServicePort>);
 
@@ -22,6 +27,7 @@ pub struct ModelCache {
 #[derive(Debug, Default)]
 pub struct Rebuild {
     pub changed: BTreeSet<ServicePortKey>,
+    /// UDP service ports before and after (only UDP needs conntrack cleanup).
     pub changes: Vec<PortChange>,
     /// New problems (each names its object); repeats are not reported twice.
     pub errors: Vec<String>,
@@ -45,7 +51,7 @@ impl ModelCache {
                     self.errors.remove(key);
                     vec![]
                 }
-                Some(svc) => match build_service(svc, &store.slices_of(key), &self.node) {
+                Some(svc) => match build_service(&svc, &refs(&store.slices_of(key)), &self.node) {
                     Ok(b) => {
                         if self.errors.remove(key).is_some() {
                             tracing::info!(service = %key, "service is valid again");
@@ -73,14 +79,20 @@ impl ModelCache {
                 if !new_keys.contains(k) {
                     let old = self.ports.remove(k);
                     out.changed.insert(k.clone());
-                    out.changes.push((old, None));
+                    if k.protocol == crate::model::Protocol::Udp {
+                        out.changes.push((old, None));
+                    }
                 }
             }
             for p in new_ports {
                 let old = self.ports.get(&p.key);
                 if old != Some(&p) {
                     out.changed.insert(p.key.clone());
-                    out.changes.push((old.cloned(), Some(p.clone())));
+                    // Only UDP changes lead to conntrack cleanup: recording
+                    // the others would copy every port at a full rebuild.
+                    if p.key.protocol == crate::model::Protocol::Udp {
+                        out.changes.push((old.cloned(), Some(p.clone())));
+                    }
                     self.ports.insert(p.key.clone(), p);
                 }
             }
