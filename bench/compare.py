@@ -215,7 +215,15 @@ def first_packet(netns, flavor, api, n, reps=300):
         m_ = re.search(rf'{NS}/svc-(\d+):http cluster IP', line)
         vip = re.search(r"-d (\S+?)(/32)? ", line).group(1)
         picks[where] = (int(m_.group(1)), vip)
-    sh(["ip", "netns", "exec", netns, "ip", "addr", "replace", "10.254.0.1/32", "dev", "lo"])
+    # A route for the Service IPs (the namespace has only lo): a veth pair
+    # inside the namespace carries the default route; DNAT then turns the
+    # packet around to the local listener.
+    for cmd in (["link", "add", "kprsfp0", "type", "veth", "peer", "name", "kprsfp1"],
+                ["link", "set", "kprsfp0", "up"], ["link", "set", "kprsfp1", "up"],
+                ["addr", "add", "10.253.0.1/30", "dev", "kprsfp0"],
+                ["route", "replace", "default", "via", "10.253.0.2", "dev", "kprsfp0", "onlink"],
+                ["addr", "replace", "10.254.0.1/32", "dev", "lo"]):
+        sh(["ip", "-n", netns] + cmd)
     server = subprocess.Popen(
         ["ip", "netns", "exec", netns, sys.executable, "-c",
          "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"

@@ -224,9 +224,11 @@ pub fn load_ports(s: &Settings, dir: &std::path::Path) -> (Vec<ServicePort>, Vec
     let mut ports: Vec<ServicePort> = Vec::new();
     let keys: Vec<_> = store.service_keys().cloned().collect();
     for key in keys {
-        let svc = store.service(&key).expect("listed key");
-        let slices = store.slices_of(&key);
-        match build_service(&svc, &crate::sync::model::refs(&slices), &ctx) {
+        let built = store.service(&key).expect("listed key").and_then(|svc| {
+            let slices = store.slices_of(&key)?;
+            build_service(&svc, &crate::sync::model::refs(&slices), &ctx)
+        });
+        match built {
             Ok(out) => {
                 problems.extend(out.warnings.into_iter().map(|w| format!("warning: {w}")));
                 if let Built::Ports(p) = out.built {

@@ -163,9 +163,18 @@ impl Kernel for SystemIptables {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("running {bin}"))?;
+        // stderr is drained on its own thread so that a chatty tool cannot
+        // block on a full pipe while we read stdout.
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let errs = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+            s
+        });
         let stdout = child.stdout.take().expect("piped stdout");
         let mut reader = std::io::BufReader::with_capacity(1 << 16, stdout);
         let mut line = String::new();
+        let mut read_error = None;
         loop {
             line.clear();
             match reader.read_line(&mut line) {
@@ -173,18 +182,19 @@ impl Kernel for SystemIptables {
                 Ok(_) => each(line.trim_end_matches('\n')),
                 Err(e) => {
                     let _ = child.kill();
-                    let _ = child.wait();
-                    bail!("reading {bin} output: {e}");
+                    read_error = Some(e);
+                    break;
                 }
             }
         }
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "{bin} -t {} failed: {}",
-                table.name(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+        drop(reader);
+        let status = child.wait()?;
+        let stderr = errs.join().unwrap_or_default();
+        if let Some(e) = read_error {
+            bail!("reading {bin} output: {e}");
+        }
+        if !status.success() {
+            bail!("{bin} -t {} failed: {}", table.name(), stderr.trim());
         }
         Ok(())
     }

@@ -78,14 +78,13 @@ impl Packed {
         )
     }
 
-    fn open<T: serde::de::DeserializeOwned>(&self, what: &str, key: &ServiceKey) -> Option<T> {
-        match serde_json::from_slice(&self.0) {
-            Ok(o) => Some(o),
-            Err(e) => {
-                tracing::error!(%key, what, error = %e, "stored object does not decode; ignored");
-                None
-            }
-        }
+    fn open<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        key: &ServiceKey,
+    ) -> Result<T, String> {
+        serde_json::from_slice(&self.0)
+            .map_err(|e| format!("{what} {key}: stored copy does not decode: {e}"))
     }
 }
 
@@ -131,20 +130,35 @@ fn strip_slice(mut slice: EndpointSlice) -> EndpointSlice {
 
 impl Store {
     /// The Service as stored (stripped of what the proxy does not read).
-    pub fn service(&self, key: &ServiceKey) -> Option<Service> {
-        self.services.get(key)?.open("Service", key)
+    /// An error (a stored copy that does not decode) is to be handled like a
+    /// Service that fails validation: its previous rules stay.
+    pub fn service(&self, key: &ServiceKey) -> Option<Result<Service, String>> {
+        Some(self.services.get(key)?.open("Service", key))
+    }
+
+    /// Whether a listing of either kind is in progress: the store then holds
+    /// a mix of old and new objects, not worth programming.
+    pub fn listing(&self) -> bool {
+        self.listing_services.is_some() || self.listing_slices.is_some()
+    }
+
+    pub fn listing_kind(&self, kind: super::Kind) -> bool {
+        match kind {
+            super::Kind::Services => self.listing_services.is_some(),
+            super::Kind::EndpointSlices => self.listing_slices.is_some(),
+        }
     }
 
     pub fn service_keys(&self) -> impl Iterator<Item = &ServiceKey> {
         self.services.keys()
     }
 
-    pub fn slices_of(&self, key: &ServiceKey) -> Vec<EndpointSlice> {
+    pub fn slices_of(&self, key: &ServiceKey) -> Result<Vec<EndpointSlice>, String> {
         self.by_service
             .get(key)
             .into_iter()
             .flatten()
-            .filter_map(|k| self.slices.get(k)?.1.open("EndpointSlice", k))
+            .filter_map(|k| Some(self.slices.get(k)?.1.open("EndpointSlice", k)))
             .collect()
     }
 
@@ -179,14 +193,14 @@ impl Store {
             Update::ListBegin(super::Kind::EndpointSlices) => {
                 self.listing_slices = Some(BTreeSet::new());
             }
-            Update::ListDone(super::Kind::Services) => {
-                let seen = self.listing_services.take().unwrap_or_default();
-                self.retain_services(&seen, &mut dirty);
-            }
-            Update::ListDone(super::Kind::EndpointSlices) => {
-                let seen = self.listing_slices.take().unwrap_or_default();
-                self.retain_slices(&seen, &mut dirty);
-            }
+            Update::ListDone(super::Kind::Services) => match self.listing_services.take() {
+                Some(seen) => self.retain_services(&seen, &mut dirty),
+                None => tracing::warn!("end of a Service listing that never began; ignored"),
+            },
+            Update::ListDone(super::Kind::EndpointSlices) => match self.listing_slices.take() {
+                Some(seen) => self.retain_slices(&seen, &mut dirty),
+                None => tracing::warn!("end of an EndpointSlice listing that never began; ignored"),
+            },
             Update::SliceDeleted(key) => self.remove_slice(&key, &mut dirty),
             Update::ReplaceServices(list) => {
                 let mut seen = BTreeSet::new();
@@ -318,7 +332,7 @@ mod tests {
         let mut st = Store::default();
         st.apply(Update::Service(Box::new(svc("a", "10.0.0.1"))));
         st.apply(Update::Slice(Box::new(slice("a-1", "a", "10.1.0.1"))));
-        let s = st.service(&key("a")).unwrap();
+        let s = st.service(&key("a")).unwrap().unwrap();
         assert_eq!(
             s.spec.as_ref().unwrap().cluster_ip.as_deref(),
             Some("10.0.0.1")
@@ -335,7 +349,7 @@ mod tests {
                 .as_deref(),
             Some("192.0.2.9")
         );
-        let sl = st.slices_of(&key("a"));
+        let sl = st.slices_of(&key("a")).unwrap();
         assert_eq!(sl.len(), 1);
         assert_eq!(sl[0].endpoints[0].addresses, vec!["10.1.0.1"]);
         assert!(sl[0].endpoints[0].target_ref.is_none());
@@ -395,6 +409,9 @@ mod tests {
         assert_eq!(st.len(), (1, 1));
         // Outside a listing, objects are simply added.
         st.apply(Update::Service(Box::new(svc("c", "10.0.0.3"))));
+        assert_eq!(st.len(), (2, 1));
+        // An end without a beginning removes nothing.
+        assert!(st.apply(Update::ListDone(Kind::Services)).is_empty());
         assert_eq!(st.len(), (2, 1));
     }
 }

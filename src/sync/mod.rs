@@ -90,6 +90,8 @@ struct Loop {
     events: Option<EventSink>,
     /// A sync the backend asked for (see `Backend::follow_up`).
     wake_at: Option<Instant>,
+    /// Services changed by a listing still in progress.
+    deferred: BTreeSet<crate::model::ServiceKey>,
 }
 
 impl Loop {
@@ -146,31 +148,42 @@ impl Loop {
                         | Update::ListBegin(Kind::EndpointSlices)
                         | Update::ListDone(Kind::EndpointSlices)
                 );
-                if let Update::Slice(s) = &u {
-                    let trigger = s
+                // Trigger times of slices that are listed (at start or after
+                // a relist) are not changes this proxy waited for.
+                let trigger = match &u {
+                    Update::Slice(s) if !self.store.listing_kind(Kind::EndpointSlices) => s
                         .metadata
                         .annotations
                         .as_ref()
-                        .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION));
-                    if let Some(t) = trigger.and_then(|t| humantime::parse_rfc3339_weak(t).ok()) {
-                        self.triggers.push(t);
-                    }
-                }
+                        .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION))
+                        .and_then(|t| humantime::parse_rfc3339_weak(t).ok()),
+                    _ => None,
+                };
                 let dirty = self.store.apply(u);
-                if dirty.is_empty() {
+                if !dirty.is_empty() {
+                    self.triggers.extend(trigger);
+                    let m = &self.shared.metrics;
+                    if is_slice {
+                        m.endpoint_changes.inc_by(dirty.len() as u64);
+                        self.pending_endpoints += dirty.len();
+                    } else {
+                        m.service_changes.inc_by(dirty.len() as u64);
+                        self.pending_services += dirty.len();
+                    }
+                    m.endpoint_changes_pending
+                        .set(self.pending_endpoints as i64);
+                    m.service_changes_pending.set(self.pending_services as i64);
+                }
+                // While a listing streams in, the Services it changes are
+                // rebuilt once at its end: the model (and so every sync,
+                // periodic ones included) keeps the last consistent state
+                // instead of a mix of old and new objects, and a Service with
+                // many slices is not rebuilt once per slice.
+                self.deferred.extend(dirty);
+                if self.store.listing() || self.deferred.is_empty() {
                     return;
                 }
-                let m = &self.shared.metrics;
-                if is_slice {
-                    m.endpoint_changes.inc_by(dirty.len() as u64);
-                    self.pending_endpoints += dirty.len();
-                } else {
-                    m.service_changes.inc_by(dirty.len() as u64);
-                    self.pending_services += dirty.len();
-                }
-                m.endpoint_changes_pending
-                    .set(self.pending_endpoints as i64);
-                m.service_changes_pending.set(self.pending_services as i64);
+                let dirty = std::mem::take(&mut self.deferred);
                 self.rebuild(&dirty);
             }
         }
@@ -342,6 +355,7 @@ pub async fn run(
         synced: HashSet::new(),
         pending: BTreeSet::new(),
         changes: Vec::new(),
+        deferred: BTreeSet::new(),
         need_full: true,
         cleanup_pending: false,
         last_sync: None,

@@ -46,32 +46,36 @@ impl ModelCache {
     pub fn rebuild(&mut self, store: &Store, dirty: &BTreeSet<ServiceKey>) -> Rebuild {
         let mut out = Rebuild::default();
         for key in dirty {
-            let new_ports: Vec<ServicePort> = match store.service(key) {
+            let built = store.service(key).map(|svc| {
+                svc.and_then(|svc| {
+                    let slices = store.slices_of(key)?;
+                    build_service(&svc, &refs(&slices), &self.node)
+                })
+            });
+            let new_ports: Vec<ServicePort> = match built {
                 None => {
                     self.errors.remove(key);
                     vec![]
                 }
-                Some(svc) => match build_service(&svc, &refs(&store.slices_of(key)), &self.node) {
-                    Ok(b) => {
-                        if self.errors.remove(key).is_some() {
-                            tracing::info!(service = %key, "service is valid again");
-                        }
-                        out.warnings.extend(b.warnings);
-                        match b.built {
-                            Built::Ports(p) => p,
-                            Built::Ignored(_) => vec![],
-                        }
+                Some(Ok(b)) => {
+                    if self.errors.remove(key).is_some() {
+                        tracing::info!(service = %key, "service is valid again");
                     }
-                    Err(e) => {
-                        // Keep whatever was programmed for it before.
-                        if self.errors.get(key) != Some(&e) {
-                            out.errors
-                                .push(format!("{e}; skipped (previous rules, if any, kept)"));
-                            self.errors.insert(key.clone(), e);
-                        }
-                        continue;
+                    out.warnings.extend(b.warnings);
+                    match b.built {
+                        Built::Ports(p) => p,
+                        Built::Ignored(_) => vec![],
                     }
-                },
+                }
+                Some(Err(e)) => {
+                    // Keep whatever was programmed for it before.
+                    if self.errors.get(key) != Some(&e) {
+                        out.errors
+                            .push(format!("{e}; skipped (previous rules, if any, kept)"));
+                        self.errors.insert(key.clone(), e);
+                    }
+                    continue;
+                }
             };
             let old_keys = self.by_service.remove(key).unwrap_or_default();
             let new_keys: Vec<ServicePortKey> = new_ports.iter().map(|p| p.key.clone()).collect();
