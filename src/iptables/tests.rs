@@ -245,17 +245,8 @@ mod backend_with_fake_kernel {
 
     struct Fake(Arc<Mutex<Log>>);
 
-    impl Kernel for Fake {
-        fn restore(&mut self, _: Family, payload: &str) -> anyhow::Result<()> {
-            let mut l = self.0.lock().unwrap();
-            if l.fail_next > 0 {
-                l.fail_next -= 1;
-                anyhow::bail!("iptables-restore: line 2 failed");
-            }
-            l.restores.push(payload.to_string());
-            Ok(())
-        }
-        fn save(&mut self, _: Family, table: Table) -> anyhow::Result<String> {
+    impl Fake {
+        fn dump(&self, _: Family, table: Table) -> String {
             // The kernel as the restores left it (chain -> rules), plus a
             // stale chain from an earlier run in nat.
             let l = self.0.lock().unwrap();
@@ -292,7 +283,28 @@ mod backend_with_fake_kernel {
                 }
             }
             out.push_str("COMMIT\n");
-            Ok(out)
+            out
+        }
+    }
+
+    impl Kernel for Fake {
+        fn restore(&mut self, _: Family, payload: &str) -> anyhow::Result<()> {
+            let mut l = self.0.lock().unwrap();
+            if l.fail_next > 0 {
+                l.fail_next -= 1;
+                anyhow::bail!("iptables-restore: line 2 failed");
+            }
+            l.restores.push(payload.to_string());
+            Ok(())
+        }
+        fn save_each(
+            &mut self,
+            f: Family,
+            table: Table,
+            each: &mut dyn FnMut(&str),
+        ) -> anyhow::Result<()> {
+            self.dump(f, table).lines().for_each(each);
+            Ok(())
         }
         fn ensure_jump(&mut self, _: Family, _: &Jump) -> anyhow::Result<bool> {
             let mut l = self.0.lock().unwrap();

@@ -124,12 +124,13 @@ impl Kernel for FakeIpt {
         self.0.lock().unwrap().restores.push(payload.to_string());
         Ok(())
     }
-    fn save(&mut self, _f: Family, table: Table) -> Result<String> {
+    fn save_each(&mut self, _f: Family, table: Table, each: &mut dyn FnMut(&str)) -> Result<()> {
         let chains = match table {
             Table::Nat => &NAT_CHAINS[..],
             Table::Filter => &FILTER_CHAINS[..],
         };
-        Ok(chains.iter().map(|c| format!(":{c} - [0:0]\n")).collect())
+        chains.iter().for_each(|c| each(&format!(":{c} - [0:0]")));
+        Ok(())
     }
     fn ensure_jump(&mut self, _f: Family, j: &Jump) -> Result<bool> {
         Ok(self

@@ -63,6 +63,14 @@ pub fn slice_owner(slice: &EndpointSlice) -> Option<ServiceKey> {
     })
 }
 
+/// The keys a listing did not name.
+fn unseen<'a>(
+    keys: impl Iterator<Item = &'a ServiceKey>,
+    seen: &BTreeSet<ServiceKey>,
+) -> Vec<ServiceKey> {
+    keys.filter(|k| !seen.contains(*k)).cloned().collect()
+}
+
 /// One object as compact JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Packed(Box<[u8]>);
@@ -223,26 +231,14 @@ impl Store {
     }
 
     fn retain_services(&mut self, seen: &BTreeSet<ServiceKey>, dirty: &mut BTreeSet<ServiceKey>) {
-        let gone: Vec<ServiceKey> = self
-            .services
-            .keys()
-            .filter(|k| !seen.contains(*k))
-            .cloned()
-            .collect();
-        for k in gone {
+        for k in unseen(self.services.keys(), seen) {
             self.services.remove(&k);
             dirty.insert(k);
         }
     }
 
     fn retain_slices(&mut self, seen: &BTreeSet<ServiceKey>, dirty: &mut BTreeSet<ServiceKey>) {
-        let gone: Vec<ServiceKey> = self
-            .slices
-            .keys()
-            .filter(|k| !seen.contains(*k))
-            .cloned()
-            .collect();
-        for k in gone {
+        for k in unseen(self.slices.keys(), seen) {
             self.remove_slice(&k, dirty);
         }
     }
