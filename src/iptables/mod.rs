@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod backend;
 pub mod fixed;
+pub mod large;
 pub mod names;
 pub mod render;
 pub mod state;

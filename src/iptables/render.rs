@@ -4,6 +4,7 @@
 //! `iptables-save` reads the same and a node's rules can be taken over in place.
 
 pub use super::fixed::{jumps, render_fixed, shared_tail, Jump};
+use super::large::{endpoint_comment, is_large, total_endpoints};
 use super::names::*;
 use crate::model::{categorize, Endpoint, Family, ServicePort};
 use ipnet::IpNet;
@@ -26,6 +27,9 @@ pub struct RenderConfig {
     pub random_fully: bool,
     /// `iptables.localhostNodePorts` (IPv4 only): NodePorts answer on 127.0.0.1.
     pub localhost_nodeports: bool,
+    /// Large cluster mode: per-endpoint rules go without comments. Not a
+    /// flag: derived from the model on every sync (see [`super::large`]).
+    pub large_cluster: bool,
 }
 
 impl RenderConfig {
@@ -39,6 +43,7 @@ impl RenderConfig {
             node_ips: vec![],
             random_fully: true,
             localhost_nodeports: false,
+            large_cluster: false,
         }
     }
 
@@ -364,27 +369,28 @@ pub fn render_service_port(sp: &ServicePort, cfg: &RenderConfig) -> Fragment {
     }
 
     if uses_cluster_chain {
-        endpoint_dispatch(sp, cluster_chain, &cat.cluster, &mut svc_rules);
+        endpoint_dispatch(sp, cfg, cluster_chain, &cat.cluster, &mut svc_rules);
         f.chains.push(nat_chain(cluster_chain, svc_rules));
     }
     if uses_local_chain {
-        endpoint_dispatch(sp, local_chain, &cat.local, &mut svl_rules);
+        endpoint_dispatch(sp, cfg, local_chain, &cat.local, &mut svl_rules);
         f.chains.push(nat_chain(local_chain, svl_rules));
     }
 
+    let sep_comment = endpoint_comment(cfg, &name);
     for ep in &cat.all_reachable {
         let sep = endpoint_chain(sp, ep);
         let mut rules = vec![format!(
-            "-A {sep} -m comment --comment {name} -s {} -j {KUBE_MARK_MASQ}",
+            "-A {sep} {sep_comment}-s {} -j {KUBE_MARK_MASQ}",
             ep.ip
         )];
         let affinity = if sp.affinity_timeout.is_some() {
-            format!(" -m recent --name {sep} --set")
+            format!("-m recent --name {sep} --set ")
         } else {
             String::new()
         };
         rules.push(format!(
-            "-A {sep} -m comment --comment {name}{affinity} {mproto} -j DNAT --to-destination {}",
+            "-A {sep} {sep_comment}{affinity}{mproto} -j DNAT --to-destination {}",
             ep.addr_string()
         ));
         f.chains.push(nat_chain(&sep, rules));
@@ -406,35 +412,54 @@ pub fn probability(remaining: usize) -> String {
 }
 
 /// Session-affinity checks, then the cascading random split over endpoints.
-fn endpoint_dispatch(sp: &ServicePort, chain: &str, eps: &[&Endpoint], rules: &mut Vec<String>) {
+fn endpoint_dispatch(
+    sp: &ServicePort,
+    cfg: &RenderConfig,
+    chain: &str,
+    eps: &[&Endpoint],
+    rules: &mut Vec<String>,
+) {
     let name = sp.name_string();
+    let comment = |ep: &Endpoint| {
+        if cfg.large_cluster {
+            String::new()
+        } else {
+            endpoint_comment(cfg, &q(format!("{name} -> {}", ep.addr_string())))
+        }
+    };
     if let Some(timeout) = sp.affinity_timeout {
         for ep in eps {
             let sep = endpoint_chain(sp, ep);
             rules.push(format!(
-                "-A {chain} -m comment --comment {} -m recent --name {sep} --rcheck --seconds {timeout} --reap -j {sep}",
-                q(format!("{name} -> {}", ep.addr_string()))
+                "-A {chain} {}-m recent --name {sep} --rcheck --seconds {timeout} --reap -j {sep}",
+                comment(ep)
             ));
         }
     }
     let n = eps.len();
     for (i, ep) in eps.iter().enumerate() {
         let sep = endpoint_chain(sp, ep);
-        let c = q(format!("{name} -> {}", ep.addr_string()));
+        let c = comment(ep);
         if i + 1 < n {
             rules.push(format!(
-                "-A {chain} -m comment --comment {c} -m statistic --mode random --probability {} -j {sep}",
+                "-A {chain} {c}-m statistic --mode random --probability {} -j {sep}",
                 probability(n - i)
             ));
         } else {
-            rules.push(format!("-A {chain} -m comment --comment {c} -j {sep}"));
+            rules.push(format!("-A {chain} {c}-j {sep}"));
         }
     }
 }
 
-/// Renders a complete iptables-restore payload for a set of service ports
-/// (what `render` prints and what a full sync writes, before splitting).
+/// Renders a complete iptables-restore payload for a set of service ports of
+/// `cfg.family` (what `render` prints and what a full sync writes, before
+/// splitting). Large cluster mode is decided from `ports`, as a sync decides
+/// it; `cfg.large_cluster` is not read.
 pub fn render_full(ports: &[&ServicePort], cfg: &RenderConfig) -> String {
+    let mut cfg = cfg.clone();
+    let total = total_endpoints(ports.iter().copied().filter(|p| p.key.family == cfg.family));
+    cfg.large_cluster = is_large(total);
+    let cfg = &cfg;
     let fragments: Vec<Fragment> = ports
         .iter()
         .map(|sp| render_service_port(sp, cfg))

@@ -207,7 +207,10 @@ impl Engine {
             Some(false) => engine.forget(&p),
             None => {}
         };
-        let full = full || std::mem::take(&mut self.force_full);
+        // Large cluster mode follows the whole model; a flip changes every
+        // endpoint rule's comment, so it renders and writes everything.
+        let flipped = super::large::update_mode(&mut self.cfg, ports);
+        let full = full || flipped || std::mem::take(&mut self.force_full);
         let family = self.cfg.family;
         let mut known_before: HashSet<ChainId> = HashSet::new();
         let keys: Vec<ServicePortKey> = if full {
