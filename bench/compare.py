@@ -105,12 +105,13 @@ def create_all(api, n, m):
         list(ex.map(one, range(n)))
 
 
-def socat_forward(netns, port):
-    """Makes the host's 127.0.0.1:port reachable at 127.0.0.1:port inside netns."""
+def socat_forward(netns, port, target="127.0.0.1"):
+    """Makes target:port (seen from this process' namespace) reachable at
+    127.0.0.1:port inside netns."""
     subprocess.run(["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"], check=True)
     return subprocess.Popen(
         ["ip", "netns", "exec", netns, "socat", f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr",
-         f"EXEC:nsenter --net=/proc/{os.getpid()}/ns/net socat STDIO TCP\\:127.0.0.1\\:{port}"],
+         f"EXEC:nsenter --net=/proc/{os.getpid()}/ns/net socat STDIO TCP\\:{target}\\:{port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -185,16 +186,18 @@ def percentile(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-def floor_ms(netns, flavor, chain, i, m, reps=10):
-    """Bare restore of one KUBE-SVC chain + its KUBE-SEP chains (the floor)."""
+def floor_ms(netns, flavor, chain, i, m, large, reps=10):
+    """Bare restore of one KUBE-SVC chain + its KUBE-SEP chains (the floor);
+    without comments past 1,000 endpoints, as both proxies write them then."""
     times = []
+    c = "" if large else "-m comment --comment floor "
     for r in range(reps):
         lines = ["*nat", f":{chain} - [0:0]"]
         for e in range(m):
             sep = f"KUBE-SEP-FLOOR{r % 2}{e}"
             lines.insert(2, f":{sep} - [0:0]")
-            lines.append(f"-A {sep} -p tcp -m comment --comment floor -j DNAT --to-destination 10.250.{r}.{e + 1}:8080")
-            lines.append(f"-A {chain} -m comment --comment floor -m statistic --mode random --probability 0.2 -j {sep}")
+            lines.append(f"-A {sep} -p tcp {c}-j DNAT --to-destination 10.250.{r}.{e + 1}:8080")
+            lines.append(f"-A {chain} {c}-m statistic --mode random --probability 0.2 -j {sep}")
         lines.append("COMMIT\n")
         t = time.monotonic()
         subprocess.run(["ip", "netns", "exec", netns, ipt(flavor, "-restore"), "--noflush"],
@@ -313,7 +316,7 @@ def run_one(which, n, m, changes, api, kubeconfig, flavor, workdir, limit):
         rec["latency_p99_ms"] = round(percentile(lat, 99), 1)
         rec["cpu_s_per_1000_changes"] = round((cpu1 - cpu0) * 1000 / changes, 1)
         rec["peak_rss_mb"] = round(rss, 1)
-        fl = floor_ms(netns, flavor, svc_chain(save, 1), 1, m)
+        fl = floor_ms(netns, flavor, svc_chain(save, 1), 1, m, n * m > 1000)
         rec["floor_p50_ms"] = round(percentile(fl, 50), 1)
         rec["floor_p99_ms"] = round(percentile(fl, 99), 1)
         rec.update(first_packet(netns, flavor, api, n))
@@ -360,6 +363,23 @@ def targets(rows):
     return [f"Targets at {n} Services:"] + checks
 
 
+def prepare(build=("cargo", "build", "--release", "--quiet")):
+    """Root check, the tools and Python modules the benchmark uses, our
+    release build and upstream's binaries (built once per machine)."""
+    if os.geteuid() != 0:
+        sys.exit(f"{os.path.basename(sys.argv[0])} needs root")
+    for tool, pkg in (("socat", "socat"), ("nsenter", "util-linux")):
+        if not shutil.which(tool):
+            subprocess.run(["apt-get", "install", "-y", "-qq", pkg], check=True)
+    for mod, pkg in (("yaml", "pyyaml"), ("matplotlib", "matplotlib")):
+        try:
+            __import__(mod)
+        except ImportError:
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", pkg], check=True)
+    sh(list(build), cwd=ROOT)
+    sh(["bash", os.path.join(ROOT, "scripts/k8s/build.sh")])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000,10000")
@@ -369,21 +389,12 @@ def main():
     ap.add_argument("--iptables", default="nft")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results"))
     ap.add_argument("--suffix", default="", help="appended to the result files' names")
+    ap.add_argument("--keep-other-proxies", action="store_true",
+                    help="keep the result file's records of proxies not run this time (each record carries its date)")
     ap.add_argument("--cold-start-limit", type=int, default=1800,
                     help="seconds a proxy may take to program everything before it is reported as not done")
     a = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("compare.py needs root")
-    for tool, pkg in (("socat", "socat"), ("nsenter", "util-linux")):
-        if not shutil.which(tool):
-            subprocess.run(["apt-get", "install", "-y", "-qq", pkg], check=True)
-    for mod, pkg in (("yaml", "pyyaml"), ("matplotlib", "matplotlib")):
-        try:
-            __import__(mod)
-        except ImportError:
-            subprocess.run([sys.executable, "-m", "pip", "install", "-q", pkg], check=True)
-    sh(["cargo", "build", "--release", "--quiet"], cwd=ROOT)
-    sh(["bash", os.path.join(ROOT, "scripts/k8s/build.sh")])
+    prepare()
     machine = f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB, kernel {platform.release()}, {sh([ipt(a.iptables, ''), '--version']).strip()}"
     records = []
     for n in [int(x) for x in a.sizes.split(",")]:
@@ -406,20 +417,36 @@ def main():
                                     "kubernetes": K8S_VERSION, "date": time.strftime("%Y-%m-%d")})
         finally:
             subprocess.run(["bash", os.path.join(ROOT, "scripts/k8s/controlplane.sh"), "stop", cpdir])
-    os.makedirs(a.out, exist_ok=True)
     stem = os.path.join(a.out, f"compare-iptables-{a.iptables}{a.suffix}")
+    if a.keep_other_proxies and os.path.exists(stem + ".json"):
+        ran = {"kube-proxy-rs" if w == "rs" else "kube-proxy" for w in a.proxies.split(",")}
+        records = [r for r in json.load(open(stem + ".json")) if r["proxy"] not in ran] + records
+    write_results(records, stem,
+                  f"{time.strftime('%Y-%m-%d')}, {machine}, Kubernetes {K8S_VERSION}, {a.endpoints} endpoints per Service, {a.changes} changes per size",
+                  METRICS, targets)
+
+
+METRICS = ["cold_start_s", "latency_p50_ms", "latency_p99_ms", "floor_p50_ms", "floor_p99_ms",
+           "cpu_s_per_1000_changes", "peak_rss_mb", "first_packet_first_ms", "first_packet_last_ms", "note"]
+
+
+def write_results(records, stem, header, metrics, judge):
+    """JSON (the records as they are), a Markdown table with the targets'
+    verdicts (judge(rows) -> lines) and a PNG chart of latency vs N."""
+    os.makedirs(os.path.dirname(stem), exist_ok=True)
     with open(stem + ".json", "w") as fh:
         json.dump(records, fh, indent=1)
-    metrics = ["cold_start_s", "latency_p50_ms", "latency_p99_ms", "floor_p50_ms", "floor_p99_ms",
-               "cpu_s_per_1000_changes", "peak_rss_mb", "first_packet_first_ms", "first_packet_last_ms", "note"]
     rows = {}
     for r in records:
-        rows.setdefault((r["services"], r["proxy"]), {})[r["metric"]] = r["value"]
-    md = [f"{time.strftime('%Y-%m-%d')}, {machine}, Kubernetes {K8S_VERSION}, {a.endpoints} endpoints per Service, {a.changes} changes per size\n",
+        row = rows.setdefault((r["services"], r["proxy"]), {})
+        row[r["metric"]] = r["value"]
+        row["date"] = r["date"]
+    metrics = [*metrics, "date"]
+    md = [header + "\n",
           "| services | proxy | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
     for (n, proxy), v in sorted(rows.items()):
         md.append(f"| {n} | {proxy} | " + " | ".join("" if v.get(k) is None else str(v[k]) for k in metrics) + " |")
-    md += ["", *targets(rows)]
+    md += ["", *judge(rows)]
     with open(stem + ".md", "w") as fh:
         fh.write("\n".join(md) + "\n")
     print("\n".join(md))
@@ -433,6 +460,10 @@ def main():
             for key, style in (("latency_p50_ms", "-o"), ("latency_p99_ms", "--x")):
                 pts = [(n, rows[(n, proxy)][key]) for n in ns_ if rows[(n, proxy)].get(key) is not None]
                 ax.plot([x for x, _ in pts], [y for _, y in pts], style, label=f"{proxy} {key[8:11]}")
+        if not ax.lines:
+            print("no latency figures: no chart")
+            plt.close(fig)
+            return
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("Services (x5 endpoints)")
@@ -443,7 +474,6 @@ def main():
         fig.savefig(stem + ".png", dpi=110)
     except ImportError:
         print("matplotlib not installed: no chart (pip install matplotlib)")
-
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark in ipvs mode: kube-proxy-rs vs upstream kube-proxy
+(same Kubernetes release), both inside Debian's kernel under QEMU (the host
+kernel has no IPVS), against a real kube-apiserver on the host (the guest
+reaches it at 10.0.2.2). Root only.
+
+Usage: compare_ipvs.py [--sizes 1000,10000] [--endpoints 5] [--changes 30]
+                       [--proxies rs,upstream] [--mem 4096] [--out bench/results]
+                       [--cold-start-limit 900] [--suffix S]
+
+The host starts the control plane and creates N Services x M endpoints (as
+bench/compare.py), then boots the guest once per size; inside it each proxy
+runs alone, one after the other, in its own network namespace (its own IPVS
+table and kube-ipvs0), and a driver measures from outside the proxy:
+  cold_start_s      process start -> /proc/net/ip_vs holds a TCP virtual
+                    server on port 80 with M real servers for every Service
+                    (examples/ipvs_probe `count`, polled every second) and the
+                    ipsets KUBE-CLUSTER-IP and KUBE-LOOP-BACK hold an entry per
+                    Service and per local endpoint (`ipset list -t`)
+  latency_ms p50/p99  EndpointSlice PUT sent from the guest (kept-alive HTTPS
+                    connection) -> the new endpoint is a real server of the
+                    Service's virtual server (ipvs_probe `wait`, which asks the
+                    kernel over netlink every 0.5 ms and stamps CLOCK_MONOTONIC)
+  floor_ms p50/p99  ipvs_probe `floor`: one real server added to and removed
+                    from a scratch virtual server over netlink (the kernel's
+                    own cost of the change)
+  cpu_s_per_1000_changes, peak_rss_mb  as in compare.py
+Both run with a minimum sync period of 0 (upstream: --ipvs-min-sync-period=0s,
+ours: --min-sync-period 0s) and the rr scheduler. Times inside the guest are
+software-emulated (QEMU TCG): compare the two proxies with each other, not with
+the host's iptables figures.
+"""
+import argparse
+import http.client
+import json
+import os
+import re
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare  # noqa: E402
+
+ROOT = compare.ROOT
+PROBE = os.path.join(ROOT, "target/release/examples/ipvs_probe")
+CACHE = os.environ.get("KPRS_CACHE", "/var/cache/kube-proxy-rs")
+MARK = "KPRS-BENCH "
+
+
+class GuestApi:
+    """The host's API server over one kept-alive HTTPS connection, so a
+    timed PUT does not pay a TLS handshake inside the emulated guest."""
+
+    def __init__(self, cpdir):
+        base = compare.Api(cpdir)
+        self.token, self.port = base.token, base.port
+        self.ctx = ssl.create_default_context(cafile=os.path.join(cpdir, "ca.crt"))
+        self.conn = None
+
+    def call(self, method, path, body=None):
+        for attempt in (0, 1):
+            if self.conn is None:
+                self.conn = http.client.HTTPSConnection("10.0.2.2", self.port, context=self.ctx, timeout=60)
+            try:
+                data = json.dumps(body).encode() if body is not None else None
+                headers = {"Authorization": f"Bearer {self.token}"}
+                if data is not None:
+                    headers["Content-Type"] = "application/json"
+                self.conn.request(method, path, body=data, headers=headers)
+                r = self.conn.getresponse()
+                out = r.read()
+                if r.status >= 300:
+                    raise RuntimeError(f"{method} {path}: {r.status} {out[:200]!r}")
+                return json.loads(out or b"{}")
+            except (http.client.HTTPException, OSError):
+                self.conn.close()
+                self.conn = None
+                if attempt:
+                    raise
+
+
+def start_proxy(which, kubeconfig, log):
+    if which == "rs":
+        cmd = [os.path.join(ROOT, "target/release/kube-proxy-rs"), "--kubeconfig", kubeconfig,
+               "--hostname-override", "node-0", "--proxy-mode", "ipvs", "--min-sync-period", "0s"]
+    else:
+        cmd = [f"{CACHE}/k8s/{compare.K8S_VERSION}/bin/kube-proxy", "--kubeconfig", kubeconfig,
+               "--hostname-override", "node-0", "--proxy-mode", "ipvs", "--ipvs-min-sync-period=0s",
+               "--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0",
+               "--conntrack-tcp-timeout-close-wait=0", f"--v={os.environ.get('KPRS_BENCH_V', '1')}"]
+    return subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+
+
+def probe(*args):
+    return subprocess.Popen([PROBE, *map(str, args)], stdout=subprocess.PIPE, text=True)
+
+
+def set_size(name):
+    out = subprocess.run(["ipset", "list", "-t", name], capture_output=True, text=True).stdout
+    m = re.search(r"Number of entries: (\d+)", out)
+    return int(m.group(1)) if m else 0
+
+
+def vip(i, m):
+    return compare.objects(i, m)[0]["spec"]["clusterIP"]
+
+
+def guest_one(which, n, m, changes, api, kubeconfig, limit, run):
+    logpath = os.path.join(tempfile.gettempdir(), f"{which}-{n}.log")
+    log = open(logpath, "w")
+    rec = {}
+    p = None
+    # Endpoint e runs on node-(e % 3) (bench/gen_objects.py); this is node-0,
+    # and KUBE-LOOP-BACK holds the node's own endpoints.
+    local = sum(1 for e in range(m) if e % 3 == 0)
+    try:
+        t0 = time.monotonic()
+        p = start_proxy(which, kubeconfig, log)
+        while True:
+            out = probe("count", 80, m).communicate()[0]
+            full = int(re.search(r"full=(\d+)", out).group(1))
+            # The sets the masquerade rules match must be filled too.
+            done = full >= n and set_size("KUBE-CLUSTER-IP") >= n and set_size("KUBE-LOOP-BACK") >= n * local
+            if done:
+                break
+            if p.poll() is not None or time.monotonic() - t0 > limit:
+                break
+            time.sleep(1)
+        if p.poll() is not None:
+            raise RuntimeError(f"{which} exited: " + open(logpath).read()[-2000:])
+        if not done:
+            rss, _ = compare.proc(p.pid)
+            return {"cold_start_s": None, "note": f"{full}/{n} programmed after {limit} s",
+                    "peak_rss_mb": round(rss, 1)}
+        rec["cold_start_s"] = round(time.monotonic() - t0, 2)
+        print(f"{which}: programmed in {rec['cold_start_s']} s", flush=True)
+        time.sleep(3)
+        lat, missed = [], 0
+        _, cpu0 = compare.proc(p.pid)
+        for k in range(changes):
+            i = (k * 7919) % n
+            new_ip = f"10.{200 + run}.{k // 250}.{k % 250 + 1}"
+            path = f"/apis/discovery.k8s.io/v1/namespaces/{compare.NS}/endpointslices/svc-{i}-abcde"
+            sl = api.call("GET", path)
+            sl["endpoints"][0]["addresses"] = [new_ip]
+            w = probe("wait", f"{vip(i, m)}:80", new_ip, 60000)
+            if w.stdout.readline().strip() != "armed":
+                raise RuntimeError(f"probe for {new_ip} did not arm")
+            t = time.monotonic()
+            api.call("PUT", path, sl)
+            got = w.stdout.readline().strip()
+            w.wait()
+            if got == "timeout":
+                missed += 1
+                lat.append(60000.0)
+            else:
+                lat.append((float(got) - t) * 1000)
+            time.sleep(0.2)
+        rss, cpu1 = compare.proc(p.pid)
+        rec["latency_p50_ms"] = round(compare.percentile(lat, 50), 1)
+        rec["latency_p99_ms"] = round(compare.percentile(lat, 99), 1)
+        rec["cpu_s_per_1000_changes"] = round((cpu1 - cpu0) * 1000 / changes, 1)
+        rec["peak_rss_mb"] = round(rss, 1)
+        if missed:
+            rec["note"] = f"{missed} changes not seen within 60 s"
+        fl = [float(x) for x in probe("floor", 20).communicate()[0].split()]
+        rec["floor_p50_ms"] = round(compare.percentile(fl, 50), 2)
+        rec["floor_p99_ms"] = round(compare.percentile(fl, 99), 2)
+    finally:
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
+        log.close()
+        if os.environ.get("KPRS_BENCH_LOG"):
+            for line in open(logpath, errors="replace").read().splitlines()[-int(os.environ["KPRS_BENCH_LOG"]):]:
+                print(f"{which}: log: {line[:400]}", flush=True)
+    return rec
+
+
+def guest(a):
+    api = GuestApi(a.cp)
+    kubeconfig = os.path.join(a.cp, "guest.kubeconfig")
+    for which in a.proxies.split(","):
+        try:
+            rec = guest_one(which, a.n, a.endpoints, a.changes, api, kubeconfig, a.cold_start_limit, a.run)
+        except Exception as e:  # reported, and the other proxy still runs
+            rec = {"cold_start_s": None, "note": f"failed: {e}"[:300]}
+        print(MARK + json.dumps({"proxy": which, "rec": rec}), flush=True)
+
+
+def judge(rows):
+    sizes = sorted({n for n, _ in rows})
+    if not sizes:
+        return []
+    n = 10000 if 10000 in sizes else sizes[-1]
+    rs, up = rows.get((n, "kube-proxy-rs"), {}), rows.get((n, "kube-proxy"), {})
+    lines = [f"Targets at {n} Services (ipvs, in the guest):"]
+    if rs.get("latency_p99_ms") is None:
+        return lines + [f"- not judged ({rs.get('note', 'no kube-proxy-rs figures')})"]
+    ok = rs["latency_p99_ms"] <= 10
+    lines.append(f"- {'PASS' if ok else 'FAIL'}: p99 <= 10 ms ({rs['latency_p99_ms']} ms; "
+                 f"upstream {up.get('latency_p99_ms', 'n/a')} ms)")
+    if up.get("latency_p50_ms") is not None:
+        lines.append(f"- p50 {rs['latency_p50_ms']} ms vs upstream {up['latency_p50_ms']} ms; "
+                     f"cold start {rs['cold_start_s']} s vs {up['cold_start_s']} s")
+    return lines
+
+
+def guest_run(a, n, cpdir, run, which, machine, records):
+    """Boots the guest for one proxy at one size; adds its records."""
+    budget = a.cold_start_limit + a.changes * 62 + 240
+    cmd = ["bash", os.path.join(ROOT, "scripts/qemu/run.sh"), "--timeout", str(budget),
+           "--mem", str(a.mem), "--", sys.executable, os.path.abspath(__file__), "--in-guest",
+           "--cp", cpdir, "--n", str(n), "--endpoints", str(a.endpoints),
+           "--changes", str(a.changes), "--proxies", which, "--run", str(run),
+           "--cold-start-limit", str(a.cold_start_limit)]
+    # Debugging aids passed into the guest: KPRS_BENCH_LOG=N prints the last N
+    # lines of the proxy's log; KPRS_BENCH_V sets upstream's --v.
+    cmd[cmd.index("--") + 1:cmd.index("--") + 1] = [
+        "env", *(f"{k}={os.environ[k]}" for k in ("KPRS_BENCH_LOG", "KPRS_BENCH_V") if k in os.environ)]
+    g = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, errors="replace", cwd=ROOT)
+    for line in g.stdout:
+        if MARK in line:
+            got = json.loads(line.split(MARK, 1)[1])
+            print(f"N={n} {got['proxy']}: {got['rec']}", flush=True)
+            for metric, value in got["rec"].items():
+                records.append({"proxy": "kube-proxy-rs" if got["proxy"] == "rs" else "kube-proxy",
+                                "mode": "ipvs", "services": n, "endpoints": a.endpoints,
+                                "metric": metric, "value": value, "machine": machine,
+                                "kubernetes": compare.K8S_VERSION, "date": time.strftime("%Y-%m-%d")})
+        elif line.startswith(("rs:", "upstream:", "run.sh")):
+            print(line.rstrip(), flush=True)
+    g.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1000,10000")
+    ap.add_argument("--endpoints", type=int, default=5)
+    ap.add_argument("--changes", type=int, default=30)
+    ap.add_argument("--proxies", default="rs,upstream")
+    ap.add_argument("--mem", type=int, default=4096, help="guest memory (MB)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench/results"))
+    ap.add_argument("--suffix", default="")
+    ap.add_argument("--cold-start-limit", type=int, default=900)
+    ap.add_argument("--in-guest", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--cp", help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--run", type=int, default=1, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.in_guest:
+        return guest(a)
+    compare.prepare(build=("cargo", "build", "--release", "--quiet", "--bin", "kube-proxy-rs",
+                           "--example", "ipvs_probe"))
+    compare.sh(["bash", os.path.join(ROOT, "scripts/qemu/install.sh")])
+    kv = open(os.path.join(CACHE, "qemu/KERNEL_VERSION")).read().strip()
+    machine = (f"host {os.cpu_count()} cores; QEMU TCG guest, 2 vCPUs, {a.mem} MB, kernel {kv}")
+    records = []
+    for n in [int(x) for x in a.sizes.split(",")]:
+        cpdir = tempfile.mkdtemp(prefix="kprs-bench-cp-")
+        compare.sh(["bash", os.path.join(ROOT, "scripts/k8s/controlplane.sh"), "start", cpdir])
+        try:
+            t = time.monotonic()
+            compare.create_all(compare.Api(cpdir), n, a.endpoints)
+            print(f"N={n}: created {n} Services + slices in {time.monotonic() - t:.0f}s", flush=True)
+            # One fresh guest per proxy: each starts from an empty IPVS table and
+            # reaches the API server directly (no relay in the timed path).
+            for run, which in enumerate(a.proxies.split(","), 1):
+                guest_run(a, n, cpdir, run, which, machine, records)
+        finally:
+            subprocess.run(["bash", os.path.join(ROOT, "scripts/k8s/controlplane.sh"), "stop", cpdir])
+    compare.write_results(
+        records, os.path.join(a.out, f"compare-ipvs{a.suffix}"),
+        f"{time.strftime('%Y-%m-%d')}, {machine}, Kubernetes {compare.K8S_VERSION}, "
+        f"{a.endpoints} endpoints per Service, {a.changes} changes per size",
+        ["cold_start_s", "latency_p50_ms", "latency_p99_ms", "floor_p50_ms", "floor_p99_ms",
+         "cpu_s_per_1000_changes", "peak_rss_mb", "note"], judge)
+
+
+if __name__ == "__main__":
+    main()
