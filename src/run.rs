@@ -209,7 +209,7 @@ fn ipvs_backend(s: &Settings) -> crate::ipvs::IpvsBackend {
         }),
         Arc::new(|| Box::new(SystemLink) as Box<dyn crate::ipvs::link::LinkKernel>),
         kernel_factory(s),
-        Box::new(SystemIpset),
+        Box::new(SystemIpset::default()),
     )
 }
 

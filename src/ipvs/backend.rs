@@ -74,6 +74,8 @@ pub struct IpvsBackend {
     /// ipset entries as last read and since written, per family.
     sets: BTreeMap<Family, ipset::SetEntries>,
     glue_applied: BTreeMap<Family, String>,
+    /// Whether falling back from netlink to `ipset restore` was logged.
+    ipset_fallback_warned: bool,
     draining: Draining,
     primed: bool,
     sysctls_done: bool,
@@ -121,6 +123,7 @@ impl IpvsBackend {
             bound: BTreeSet::new(),
             sets: BTreeMap::new(),
             glue_applied: BTreeMap::new(),
+            ipset_fallback_warned: false,
             draining: Draining::new(),
             primed: false,
             sysctls_done: false,
@@ -215,8 +218,12 @@ impl IpvsBackend {
         Ok(t)
     }
 
+    /// Full syncs `ipset restore` every set (creating missing ones);
+    /// incremental syncs send their few entry changes over netlink in one
+    /// batch, falling back to the restore text when the sets are missing or
+    /// netlink is unusable.
     fn sync_ipsets(&mut self, t: &Touched, full: bool) -> Result<usize> {
-        let mut payload = String::new();
+        let mut ops = Vec::new();
         let mut changes = 0;
         let mut written = Vec::new();
         for f in self.families() {
@@ -249,18 +256,28 @@ impl IpvsBackend {
                 }
                 (from, to)
             };
-            let text = ipset::restore_text(f, &from, &to);
-            let n = text.lines().filter(|l| !l.starts_with("create ")).count();
-            if n > 0 || full {
-                payload.push_str(&text);
-                changes += n;
+            let fops = ipset::entry_ops(f, &from, &to);
+            if !fops.is_empty() || full {
+                changes += fops.len();
+                ops.extend(fops);
                 written.push((f, from, to));
             }
         }
-        if payload.is_empty() {
+        if written.is_empty() {
             return Ok(0);
         }
-        self.ipset.restore(&payload)?;
+        let text = || -> String {
+            written
+                .iter()
+                .map(|(f, from, to)| ipset::restore_text(*f, from, to))
+                .collect()
+        };
+        if full {
+            self.ipset.restore(&text())?;
+        } else {
+            let warned = &mut self.ipset_fallback_warned;
+            super::apply::change_or_restore(self.ipset.as_mut(), &ops, text, warned)?;
+        }
         for (f, from, to) in written {
             let applied = self.sets.entry(f).or_default();
             if full {

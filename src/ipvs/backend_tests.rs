@@ -15,6 +15,10 @@ struct World {
     restores: Vec<String>,
     jumps: BTreeSet<String>,
     ipset_payloads: Vec<String>,
+    /// Entry changes sent over (fake) netlink, one Vec per call.
+    ipset_changes: Vec<Vec<String>>,
+    /// Some(fallback): netlink changes fail so.
+    nl_fail: Option<bool>,
     sets: BTreeMap<String, BTreeSet<String>>,
 }
 
@@ -153,50 +157,6 @@ impl Kernel for FakeIpt {
     }
     fn is_legacy(&mut self) -> bool {
         false
-    }
-}
-
-struct FakeIpset(W);
-impl IpsetKernel for FakeIpset {
-    fn restore(&mut self, payload: &str) -> Result<()> {
-        let mut w = self.0.lock().unwrap();
-        w.ipset_payloads.push(payload.to_string());
-        for l in payload.lines() {
-            let p: Vec<&str> = l.split(' ').collect();
-            match p[0] {
-                "create" => {
-                    w.sets.entry(p[1].to_string()).or_default();
-                }
-                "add" => {
-                    w.sets.get_mut(p[1]).unwrap().insert(p[2].to_string());
-                }
-                "del" => {
-                    assert!(
-                        w.sets.get_mut(p[1]).unwrap().remove(p[2]),
-                        "del of a missing entry: {l}"
-                    );
-                }
-                "destroy" => {
-                    w.sets.remove(p[1]);
-                }
-                other => panic!("unexpected ipset command {other}"),
-            }
-        }
-        Ok(())
-    }
-    fn save(&mut self) -> Result<String> {
-        let w = self.0.lock().unwrap();
-        let mut out = String::new();
-        for (n, es) in &w.sets {
-            out.push_str(&format!("create {n} hash:ip,port\n"));
-            for e in es {
-                out.push_str(&format!("add {n} {e}\n"));
-            }
-        }
-        Ok(out)
-    }
-    fn names(&mut self) -> Result<Vec<String>> {
-        Ok(self.0.lock().unwrap().sets.keys().cloned().collect())
     }
 }
 
@@ -344,6 +304,7 @@ fn an_endpoint_change_touches_only_its_real_servers() {
     w.lock().unwrap().ops.clear();
     let restores = w.lock().unwrap().restores.len();
     let ipsets = w.lock().unwrap().ipset_payloads.len();
+    let changes = w.lock().unwrap().ipset_changes.len();
 
     let p2 = web(&["10.244.1.10", "10.244.2.10", "10.244.2.11"]);
     let stats = b
@@ -370,6 +331,7 @@ fn an_endpoint_change_touches_only_its_real_servers() {
         "no iptables write: no set became (non-)empty"
     );
     assert_eq!(w2.ipset_payloads.len(), ipsets, "no ipset change");
+    assert_eq!(w2.ipset_changes.len(), changes, "no ipset change");
     assert!(!stats.full);
 }
 
@@ -633,3 +595,7 @@ fn incremental_ipset_changes_follow_each_other() {
     assert!(!w.sets["KUBE-IPVS-IPS"].contains("10.96.0.53"));
     assert_eq!(w.sets["KUBE-IPVS-IPS"].len(), 2);
 }
+
+#[path = "backend_ipset_tests.rs"]
+mod ipset_sync;
+use ipset_sync::FakeIpset;

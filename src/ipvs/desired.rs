@@ -126,6 +126,14 @@ pub fn contribution(sp: &ServicePort, cfg: &IpvsConfig) -> Contribution {
             .iter()
             .filter(|r| Family::of_net(r) == sp.key.family)
             .collect();
+        // A zero-length prefix lets every source in, and the kernel refuses
+        // it in a hash:ip,port,net set (so the whole ipset write would fail):
+        // as upstream, such a family gets no source filter at all.
+        let ranges = if ranges.iter().any(|r| r.prefix_len() == 0) {
+            vec![]
+        } else {
+            ranges
+        };
         if !ranges.is_empty() {
             c.entries.push((SetKind::LoadBalancerFw, e.clone()));
             for r in &ranges {
@@ -363,6 +371,39 @@ mod tests {
             vec!["10.96.0.10", "192.0.2.10", "198.51.100.10"],
             "node IPs are not bound"
         );
+    }
+
+    #[test]
+    fn source_ranges_fill_the_firewall_sets_unless_one_lets_everyone_in() {
+        let mut p = sp(vec![ep("10.244.1.10", true)]);
+        p.load_balancer_source_ranges = vec![
+            "203.0.113.0/24".parse().unwrap(),
+            "198.51.100.7/32".parse().unwrap(),
+        ];
+        let c = contribution(&p, &cfg());
+        let kinds = |c: &Contribution, k: SetKind| -> Vec<String> {
+            c.entries
+                .iter()
+                .filter(|(kind, _)| *kind == k)
+                .map(|(_, e)| e.clone())
+                .collect()
+        };
+        assert_eq!(
+            kinds(&c, SetKind::LoadBalancerSourceCidr),
+            vec![
+                "198.51.100.10,tcp:80,203.0.113.0/24",
+                "198.51.100.10,tcp:80,198.51.100.7"
+            ]
+        );
+        assert_eq!(kinds(&c, SetKind::LoadBalancerFw).len(), 1);
+        // 0.0.0.0/0 among them: open to all, nothing the kernel would refuse.
+        p.load_balancer_source_ranges
+            .push("0.0.0.0/0".parse().unwrap());
+        let c = contribution(&p, &cfg());
+        assert!(kinds(&c, SetKind::LoadBalancerSourceCidr).is_empty());
+        assert!(kinds(&c, SetKind::LoadBalancerFw).is_empty());
+        assert!(c.out_filter.is_empty());
+        assert_eq!(kinds(&c, SetKind::LoadBalancer).len(), 1);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! entries as upstream writes them (pure), and the `ipset restore` text that
 //! brings the kernel from one set of entries to another.
 
+use super::ipset_wire::{EntryOp, SetType};
 use crate::model::Family;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -215,6 +216,33 @@ pub fn restore_text(family: Family, from: &SetEntries, to: &SetEntries) -> Strin
     out
 }
 
+/// The entry changes (no creates) that turn `from` into `to`, in the order
+/// [`restore_text`] writes them: per set, deletions then additions.
+pub fn entry_ops(family: Family, from: &SetEntries, to: &SetEntries) -> Vec<EntryOp> {
+    let empty = BTreeSet::new();
+    let mut out = Vec::new();
+    for kind in SetKind::all() {
+        let (old, new) = (
+            from.get(&kind).unwrap_or(&empty),
+            to.get(&kind).unwrap_or(&empty),
+        );
+        if old.is_empty() && new.is_empty() {
+            continue;
+        }
+        let set_type = SetType::from_name(kind.set_type()).expect("our set types are known");
+        let op = |add: bool, e: &String| EntryOp {
+            add,
+            set: kind.name(family),
+            set_type,
+            family,
+            entry: e.clone(),
+        };
+        out.extend(old.difference(new).map(|e| op(false, e)));
+        out.extend(new.difference(old).map(|e| op(true, e)));
+    }
+    out
+}
+
 /// Parses `ipset save` output into the entries of our sets of `family`.
 pub fn parse_save(family: Family, text: &str) -> SetEntries {
     let names: BTreeMap<String, SetKind> = SetKind::all().map(|k| (k.name(family), k)).collect();
@@ -297,6 +325,16 @@ mod tests {
         assert_eq!(
             text.lines().filter(|l| l.starts_with("create ")).count(),
             17
+        );
+        let ops: Vec<String> = entry_ops(Family::V4, &a, &b)
+            .iter()
+            .map(|o| o.line())
+            .collect();
+        assert_eq!(ops, changes, "the same changes in the same order");
+        let ops = entry_ops(Family::V6, &b, &a);
+        assert_eq!(
+            (ops[0].set.as_str(), ops[0].set_type, ops[0].family),
+            ("KUBE-6-CLUSTER-IP", SetType::HashIpPort, Family::V6)
         );
     }
 

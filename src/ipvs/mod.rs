@@ -4,15 +4,19 @@
 //!
 //! Pure: [`wire`] (netlink attributes), [`desired`] (model -> desired state
 //! and the diff), [`state`] (incremental desired state), [`ipset`], [`glue`]
-//! (iptables payload), [`sysctl`] (plan), [`render`] (text for `render`).
+//! (iptables payload), [`sysctl`] (plan), [`render`] (text for `render`),
+//! [`ipset_wire`] (ipset entry changes as netfilter netlink messages).
 //! I/O: [`netlink`] (IPVS over generic netlink), [`link`] (rtnetlink),
-//! [`apply`] (ipset restore); [`backend`] ties them to the sync loop.
+//! [`apply`] (ipset restore, and entry changes over [`ipset_nl`]);
+//! [`backend`] ties them to the sync loop.
 
 pub mod apply;
 pub mod backend;
 pub mod desired;
 pub mod glue;
 pub mod ipset;
+pub mod ipset_nl;
+pub mod ipset_wire;
 pub mod link;
 pub mod netlink;
 pub mod render;
