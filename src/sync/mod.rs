@@ -160,6 +160,7 @@ impl Loop {
                     _ => None,
                 };
                 let dirty = self.store.apply(u);
+                tracing::debug!(slice = is_slice, services = dirty.len(), "update received");
                 if !dirty.is_empty() {
                     self.triggers.extend(trigger);
                     let m = &self.shared.metrics;
