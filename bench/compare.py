@@ -39,7 +39,6 @@ import platform
 import re
 import shutil
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile

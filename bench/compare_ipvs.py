@@ -9,36 +9,37 @@ Usage: compare_ipvs.py [--sizes 1000,10000] [--endpoints 5] [--changes 30]
                        [--cold-start-limit 900] [--suffix S]
 
 The host starts the control plane and creates N Services x M endpoints (as
-bench/compare.py), then boots the guest once per size; inside it each proxy
-runs alone, one after the other, in its own network namespace (its own IPVS
-table and kube-ipvs0), and a driver measures from outside the proxy:
-  cold_start_s      process start -> /proc/net/ip_vs holds a TCP virtual
-                    server on port 80 with M real servers for every Service
-                    (examples/ipvs_probe `count`, polled every second) and the
-                    ipsets KUBE-CLUSTER-IP and KUBE-LOOP-BACK hold an entry per
-                    Service and per local endpoint (`ipset list -t`)
-  latency_ms p50/p99  EndpointSlice PUT sent from the guest (kept-alive HTTPS
-                    connection) -> the new endpoint is a real server of the
-                    Service's virtual server (ipvs_probe `wait`, which asks the
-                    kernel over netlink every 0.5 ms and stamps CLOCK_MONOTONIC)
+bench/compare.py), then boots one fresh guest per proxy and size (an empty
+IPVS table; the proxy reaches the API server directly at 10.0.2.2). Measured
+from outside the proxy:
+  cold_start_s      (guest clock) process start -> /proc/net/ip_vs holds a TCP
+                    virtual server on port 80 with M real servers for every
+                    Service (examples/ipvs_probe `count`, polled every second)
+                    and the ipsets KUBE-CLUSTER-IP and KUBE-LOOP-BACK hold an
+                    entry per Service and per local endpoint (`ipset list -t`)
+  latency_ms p50/p99  (host clock) EndpointSlice PUT sent by the host ->
+                    a datagram from the guest's probe, which asks the kernel
+                    over netlink every 0.5 ms whether the new endpoint is a real
+                    server of the Service and sends the datagram the moment it
+                    is (so the figure includes one UDP hop out of the guest);
                     over --changes changes, after 3 untimed warm-up changes
-  put_rtt_p50_ms    the PUT's own round trip (guest -> API server and etcd on
-                    the host -> guest): the part of the latency no proxy controls
+  put_rtt_p50_ms    the PUT's own round trip to the API server (on the host)
+  after_answer_ms p50/p99  per change, latency minus the PUT's round trip: how
+                    long after the API server answered the rule was in place
+                    (watch delivery into the guest + the proxy + the UDP hop)
   floor_ms p50/p99  ipvs_probe `floor`: one real server added to and removed
                     from a scratch virtual server over netlink (the kernel's
                     own cost of the change)
-  cpu_s_per_1000_changes, peak_rss_mb  as in compare.py
+  cpu_s_per_1000_changes, peak_rss_mb  as in compare.py (read in the guest)
 Both run with a minimum sync period of 0 (upstream: --ipvs-min-sync-period=0s,
 ours: --min-sync-period 0s) and the rr scheduler. Times inside the guest are
 software-emulated (QEMU TCG): compare the two proxies with each other, not with
 the host's iptables figures.
 """
 import argparse
-import http.client
 import json
 import os
 import re
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -50,40 +51,7 @@ import compare  # noqa: E402
 ROOT = compare.ROOT
 PROBE = os.path.join(ROOT, "target/release/examples/ipvs_probe")
 CACHE = os.environ.get("KPRS_CACHE", "/var/cache/kube-proxy-rs")
-MARK = "KPRS-BENCH "
 WARMUP = 3
-
-
-class GuestApi:
-    """The host's API server over one kept-alive HTTPS connection, so a
-    timed PUT does not pay a TLS handshake inside the emulated guest."""
-
-    def __init__(self, cpdir):
-        base = compare.Api(cpdir)
-        self.token, self.port = base.token, base.port
-        self.ctx = ssl.create_default_context(cafile=os.path.join(cpdir, "ca.crt"))
-        self.conn = None
-
-    def call(self, method, path, body=None):
-        for attempt in (0, 1):
-            if self.conn is None:
-                self.conn = http.client.HTTPSConnection("10.0.2.2", self.port, context=self.ctx, timeout=60)
-            try:
-                data = json.dumps(body).encode() if body is not None else None
-                headers = {"Authorization": f"Bearer {self.token}"}
-                if data is not None:
-                    headers["Content-Type"] = "application/json"
-                self.conn.request(method, path, body=data, headers=headers)
-                r = self.conn.getresponse()
-                out = r.read()
-                if r.status >= 300:
-                    raise RuntimeError(f"{method} {path}: {r.status} {out[:200]!r}")
-                return json.loads(out or b"{}")
-            except (http.client.HTTPException, OSError):
-                self.conn.close()
-                self.conn = None
-                if attempt:
-                    raise
 
 
 def start_proxy(which, kubeconfig, log):
@@ -113,10 +81,14 @@ def vip(i, m):
     return compare.objects(i, m)[0]["spec"]["clusterIP"]
 
 
-def guest_one(which, n, m, changes, api, kubeconfig, limit, run):
+def guest_one(which, n, m, kubeconfig, limit, ctrl):
+    """Inside the guest: starts the proxy, times its cold start, then serves
+    the host's driver over `ctrl` (a socket file): "wait VIP IP TOKEN" arms a
+    probe that sends TOKEN to the host when IP becomes a real server of VIP;
+    "begin" marks the start of the timed changes; "done" answers the CPU,
+    RSS and kernel floor figures as one JSON line."""
     logpath = os.path.join(tempfile.gettempdir(), f"{which}-{n}.log")
     log = open(logpath, "w")
-    rec = {}
     p = None
     # Endpoint e runs on node-(e % 3) (bench/gen_objects.py); this is node-0,
     # and KUBE-LOOP-BACK holds the node's own endpoints.
@@ -129,61 +101,39 @@ def guest_one(which, n, m, changes, api, kubeconfig, limit, run):
             full = int(re.search(r"full=(\d+)", out).group(1))
             # The sets the masquerade rules match must be filled too.
             done = full >= n and set_size("KUBE-CLUSTER-IP") >= n and set_size("KUBE-LOOP-BACK") >= n * local
-            if done:
-                break
-            if p.poll() is not None or time.monotonic() - t0 > limit:
+            if done or p.poll() is not None or time.monotonic() - t0 > limit:
                 break
             time.sleep(1)
         if p.poll() is not None:
             raise RuntimeError(f"{which} exited: " + open(logpath).read()[-2000:])
         if not done:
             rss, _ = compare.proc(p.pid)
-            return {"cold_start_s": None, "note": f"{full}/{n} programmed after {limit} s",
-                    "peak_rss_mb": round(rss, 1)}
-        rec["cold_start_s"] = round(time.monotonic() - t0, 2)
-        print(f"{which}: programmed in {rec['cold_start_s']} s", flush=True)
-        time.sleep(3)
-        lat, rtt, missed = [], [], 0
-        _, cpu0 = compare.proc(p.pid)
-        # The first WARMUP changes are not timed (both proxies): they open
-        # sockets and fault in code paths a long-running proxy has warm.
-        for k in range(-WARMUP, changes):
-            i = (k * 7919) % n
-            new_ip = f"10.{200 + run}.{(k + WARMUP) // 250}.{(k + WARMUP) % 250 + 1}"
-            path = f"/apis/discovery.k8s.io/v1/namespaces/{compare.NS}/endpointslices/svc-{i}-abcde"
-            sl = api.call("GET", path)
-            sl["endpoints"][0]["addresses"] = [new_ip]
-            w = probe("wait", f"{vip(i, m)}:80", new_ip, 60000)
-            if w.stdout.readline().strip() != "armed":
-                raise RuntimeError(f"probe for {new_ip} did not arm")
-            t = time.monotonic()
-            if os.environ.get("KPRS_BENCH_LOG"):
-                print(f"{which}: put {k} at {time.time():.6f}", flush=True)
-            api.call("PUT", path, sl)
-            answered = time.monotonic()
-            got = w.stdout.readline().strip()
-            w.wait()
-            took = 60000.0 if got == "timeout" else (float(got) - t) * 1000
-            if os.environ.get("KPRS_BENCH_LOG"):
-                print(f"{which}: change {k} seen after {took:.1f} ms", flush=True)
-            if k < 0:
-                time.sleep(0.2)
-                continue
-            missed += got == "timeout"
-            lat.append(took)
-            rtt.append((answered - t) * 1000)
-            time.sleep(0.2)
-        rss, cpu1 = compare.proc(p.pid)
-        rec["latency_p50_ms"] = round(compare.percentile(lat, 50), 1)
-        rec["latency_p99_ms"] = round(compare.percentile(lat, 99), 1)
-        rec["put_rtt_p50_ms"] = round(compare.percentile(rtt, 50), 1)
-        rec["cpu_s_per_1000_changes"] = round((cpu1 - cpu0) * 1000 / (changes + WARMUP), 1)
-        rec["peak_rss_mb"] = round(rss, 1)
-        if missed:
-            rec["note"] = f"{missed} changes not seen within 60 s"
-        fl = [float(x) for x in probe("floor", 20).communicate()[0].split()]
-        rec["floor_p50_ms"] = round(compare.percentile(fl, 50), 2)
-        rec["floor_p99_ms"] = round(compare.percentile(fl, 99), 2)
+            ctrl.write(json.dumps({"cold_start_s": None, "note": f"{full}/{n} programmed after {limit} s",
+                                   "peak_rss_mb": round(rss, 1)}) + "\n")
+            return
+        ctrl.write(json.dumps({"cold_start_s": round(time.monotonic() - t0, 2)}) + "\n")
+        ctrl.flush()
+        w, cpu0 = None, compare.proc(p.pid)[1]
+        for line in ctrl:
+            cmd = line.split()
+            if w is not None:
+                w.kill()
+                w.wait()
+                w = None
+            if cmd[0] == "wait":
+                w = probe("wait", f"{cmd[1]}:80", cmd[2], 60000, f"10.0.2.2:{NOTIFY_PORT[0]}", cmd[3])
+                ctrl.write(w.stdout.readline().strip() + "\n")
+                ctrl.flush()
+            elif cmd[0] == "begin":
+                cpu0 = compare.proc(p.pid)[1]
+            elif cmd[0] == "done":
+                rss, cpu1 = compare.proc(p.pid)
+                fl = [float(x) for x in probe("floor", 20).communicate()[0].split()]
+                ctrl.write(json.dumps({"cpu_s": cpu1 - cpu0, "peak_rss_mb": round(rss, 1),
+                                       "floor_p50_ms": round(compare.percentile(fl, 50), 2),
+                                       "floor_p99_ms": round(compare.percentile(fl, 99), 2)}) + "\n")
+                ctrl.flush()
+                break
     finally:
         if p is not None and p.poll() is None:
             p.kill()
@@ -192,18 +142,24 @@ def guest_one(which, n, m, changes, api, kubeconfig, limit, run):
         if os.environ.get("KPRS_BENCH_LOG"):
             for line in open(logpath, errors="replace").read().splitlines()[-int(os.environ["KPRS_BENCH_LOG"]):]:
                 print(f"{which}: log: {line[:400]}", flush=True)
-    return rec
+
+
+NOTIFY_PORT = [0]
 
 
 def guest(a):
-    api = GuestApi(a.cp)
-    kubeconfig = os.path.join(a.cp, "guest.kubeconfig")
-    for which in a.proxies.split(","):
-        try:
-            rec = guest_one(which, a.n, a.endpoints, a.changes, api, kubeconfig, a.cold_start_limit, a.run)
-        except Exception as e:  # reported, and the other proxy still runs
-            rec = {"cold_start_s": None, "note": f"failed: {e}"[:300]}
-        print(MARK + json.dumps({"proxy": which, "rec": rec}), flush=True)
+    import socket
+
+    NOTIFY_PORT[0] = a.notify
+    s = socket.create_connection(("10.0.2.2", a.ctrl), timeout=None)
+    ctrl = s.makefile("rw")
+    try:
+        guest_one(a.proxies, a.n, a.endpoints, os.path.join(a.cp, "guest.kubeconfig"),
+                  a.cold_start_limit, ctrl)
+    except Exception as e:  # reported to the host, which records it
+        ctrl.write(json.dumps({"cold_start_s": None, "note": f"failed: {e}"[:300]}) + "\n")
+    ctrl.flush()
+    s.close()
 
 
 def judge(rows):
@@ -217,38 +173,115 @@ def judge(rows):
         return lines + [f"- not judged ({rs.get('note', 'no kube-proxy-rs figures')})"]
     ok = rs["latency_p99_ms"] <= 10
     lines.append(f"- {'PASS' if ok else 'FAIL'}: p99 <= 10 ms ({rs['latency_p99_ms']} ms; "
-                 f"upstream {up.get('latency_p99_ms', 'n/a')} ms)")
+                 f"upstream {up.get('latency_p99_ms', 'n/a')} ms; the PUT alone: "
+                 f"{rs['put_rtt_p50_ms']} ms)")
+    ok = rs["after_answer_p99_ms"] <= 10
+    lines.append(f"- {'PASS' if ok else 'FAIL'}: p99 after the API server answered <= 10 ms "
+                 f"({rs['after_answer_p99_ms']} ms; upstream {up.get('after_answer_p99_ms', 'n/a')} ms)")
     if up.get("latency_p50_ms") is not None:
         lines.append(f"- p50 {rs['latency_p50_ms']} ms vs upstream {up['latency_p50_ms']} ms; "
                      f"cold start {rs['cold_start_s']} s vs {up['cold_start_s']} s")
     return lines
 
 
+def drive(api, conn, udp, n, m, changes, run):
+    """On the host: the timed EndpointSlice changes. Latency = PUT sent ->
+    the guest's probe datagram received, both on the host's clock."""
+    ctrl = conn.makefile("rw")
+    rec = json.loads(ctrl.readline())
+    if rec.get("cold_start_s") is None:
+        return rec
+    lat, rtt, after, missed = [], [], [], 0
+    # The first WARMUP changes are not timed (both proxies): they open
+    # sockets and fault in code paths a long-running proxy has warm.
+    for k in range(-WARMUP, changes):
+        if k == 0:
+            ctrl.write("begin\n")
+        i = (k * 7919) % n
+        new_ip = f"10.{200 + run}.{(k + WARMUP) // 250}.{(k + WARMUP) % 250 + 1}"
+        path = f"/apis/discovery.k8s.io/v1/namespaces/{compare.NS}/endpointslices/svc-{i}-abcde"
+        sl = api.call("GET", path)
+        sl["endpoints"][0]["addresses"] = [new_ip]
+        ctrl.write(f"wait {vip(i, m)} {new_ip} {k}\n")
+        ctrl.flush()
+        armed = ctrl.readline().strip()
+        if armed != "armed":
+            raise RuntimeError(f"probe for {new_ip}: {armed!r}")
+        t = time.monotonic()
+        api.call("PUT", path, sl)
+        answered = time.monotonic()
+        took = None
+        udp.settimeout(60)
+        try:
+            while took is None:
+                if udp.recv(64).decode() == str(k):
+                    took = (time.monotonic() - t) * 1000
+        except TimeoutError:
+            took = 60000.0
+        if k >= 0:
+            missed += took >= 60000.0
+            lat.append(took)
+            rtt.append((answered - t) * 1000)
+            after.append(took - rtt[-1])
+        if os.environ.get("KPRS_BENCH_LOG"):
+            print(f"change {k}: {took:.1f} ms (PUT answered after {(answered - t) * 1000:.1f} ms)", flush=True)
+        time.sleep(0.2)
+    ctrl.write("done\n")
+    ctrl.flush()
+    g = json.loads(ctrl.readline())
+    rec["latency_p50_ms"] = round(compare.percentile(lat, 50), 1)
+    rec["latency_p99_ms"] = round(compare.percentile(lat, 99), 1)
+    rec["put_rtt_p50_ms"] = round(compare.percentile(rtt, 50), 1)
+    rec["after_answer_p50_ms"] = round(compare.percentile(after, 50), 1)
+    rec["after_answer_p99_ms"] = round(compare.percentile(after, 99), 1)
+    rec["cpu_s_per_1000_changes"] = round(g.pop("cpu_s") * 1000 / changes, 1)
+    rec.update(g)
+    if missed:
+        rec["note"] = f"{missed} changes not seen within 60 s"
+    return rec
+
+
 def guest_run(a, n, cpdir, run, which, machine, records):
-    """Boots the guest for one proxy at one size; adds its records."""
-    budget = a.cold_start_limit + a.changes * 62 + 240
+    """Boots the guest for one proxy at one size, drives its changes from
+    the host and adds its records."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    budget = a.cold_start_limit + a.changes * 62 + 300
     cmd = ["bash", os.path.join(ROOT, "scripts/qemu/run.sh"), "--timeout", str(budget),
            "--mem", str(a.mem), "--", sys.executable, os.path.abspath(__file__), "--in-guest",
-           "--cp", cpdir, "--n", str(n), "--endpoints", str(a.endpoints),
-           "--changes", str(a.changes), "--proxies", which, "--run", str(run),
-           "--cold-start-limit", str(a.cold_start_limit)]
+           "--cp", cpdir, "--n", str(n), "--endpoints", str(a.endpoints), "--proxies", which,
+           "--cold-start-limit", str(a.cold_start_limit),
+           "--ctrl", str(server.getsockname()[1]), "--notify", str(udp.getsockname()[1])]
     # Debugging aids passed into the guest: KPRS_BENCH_LOG=N prints the last N
-    # lines of the proxy's log; KPRS_BENCH_V sets upstream's --v.
+    # lines of the proxy's log; KPRS_BENCH_V sets the proxies' verbosity.
     cmd[cmd.index("--") + 1:cmd.index("--") + 1] = [
         "env", *(f"{k}={os.environ[k]}" for k in ("KPRS_BENCH_LOG", "KPRS_BENCH_V") if k in os.environ)]
     g = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, errors="replace", cwd=ROOT)
-    for line in g.stdout:
-        if MARK in line:
-            got = json.loads(line.split(MARK, 1)[1])
-            print(f"N={n} {got['proxy']}: {got['rec']}", flush=True)
-            for metric, value in got["rec"].items():
-                records.append({"proxy": "kube-proxy-rs" if got["proxy"] == "rs" else "kube-proxy",
-                                "mode": "ipvs", "services": n, "endpoints": a.endpoints,
-                                "metric": metric, "value": value, "machine": machine,
-                                "kubernetes": compare.K8S_VERSION, "date": time.strftime("%Y-%m-%d")})
-        elif line.startswith(("rs:", "upstream:", "run.sh")):
-            print(line.rstrip(), flush=True)
+
+    def echo():
+        for line in g.stdout:
+            if line.startswith(("rs:", "upstream:", "run.sh")):
+                print(line.rstrip(), flush=True)
+
+    threading.Thread(target=echo, daemon=True).start()
+    server.settimeout(budget)
+    try:
+        conn, _ = server.accept()
+        conn.settimeout(None)
+        rec = drive(compare.Api(cpdir), conn, udp, n, a.endpoints, a.changes, run)
+    except Exception as e:
+        rec = {"cold_start_s": None, "note": f"failed: {e}"[:300]}
     g.wait()
+    print(f"N={n} {which}: {rec}", flush=True)
+    for metric, value in rec.items():
+        records.append({"proxy": "kube-proxy-rs" if which == "rs" else "kube-proxy",
+                        "mode": "ipvs", "services": n, "endpoints": a.endpoints,
+                        "metric": metric, "value": value, "machine": machine,
+                        "kubernetes": compare.K8S_VERSION, "date": time.strftime("%Y-%m-%d")})
 
 
 def main():
@@ -264,7 +297,8 @@ def main():
     ap.add_argument("--in-guest", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cp", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--run", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--ctrl", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--notify", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.in_guest:
         return guest(a)
@@ -291,7 +325,7 @@ def main():
         records, os.path.join(a.out, f"compare-ipvs{a.suffix}"),
         f"{time.strftime('%Y-%m-%d')}, {machine}, Kubernetes {compare.K8S_VERSION}, "
         f"{a.endpoints} endpoints per Service, {a.changes} changes per size",
-        ["cold_start_s", "latency_p50_ms", "latency_p99_ms", "put_rtt_p50_ms", "floor_p50_ms", "floor_p99_ms",
+        ["cold_start_s", "latency_p50_ms", "latency_p99_ms", "put_rtt_p50_ms", "after_answer_p50_ms", "after_answer_p99_ms", "floor_p50_ms", "floor_p99_ms",
          "cpu_s_per_1000_changes", "peak_rss_mb", "note"], judge)
 
 

@@ -5,11 +5,13 @@
 //!   ipvs_probe count PORT M
 //!       prints "vs=<virtual servers> full=<TCP virtual servers on PORT with
 //!       at least M real servers>" from /proc/net/ip_vs (one read).
-//!   ipvs_probe wait VIP:PORT IP TIMEOUT_MS
+//!   ipvs_probe wait VIP:PORT IP TIMEOUT_MS [NOTIFY_ADDR:PORT TOKEN]
 //!       prints "armed" once it has looked and IP is not yet a real server of
 //!       VIP:PORT (TCP), then asks the kernel over netlink every 0.5 ms and
 //!       prints the CLOCK_MONOTONIC time (seconds) at which IP showed up, or
-//!       "timeout". The caller's clock (Python's time.monotonic) is the same.
+//!       "timeout". With NOTIFY, it first sends TOKEN in one UDP datagram
+//!       there (so a driver on another machine stamps the moment by its own
+//!       clock).
 //!   ipvs_probe floor COUNT
 //!       adds one real server to a scratch virtual server (10.255.255.254:81)
 //!       and removes it again, COUNT times; prints each add's time in ms: the
@@ -61,7 +63,20 @@ fn count(text: &str, port: u16, m: usize) -> (usize, usize) {
     (vs, full)
 }
 
-fn wait(vip: SocketAddr, ip: IpAddr, timeout: Duration) -> anyhow::Result<()> {
+fn wait(
+    vip: SocketAddr,
+    ip: IpAddr,
+    timeout: Duration,
+    notify: Option<(SocketAddr, &str)>,
+) -> anyhow::Result<()> {
+    let udp = match notify {
+        Some((to, _)) => {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            s.connect(to)?;
+            Some(s)
+        }
+        None => None,
+    };
     let mut sock = IpvsSocket::connect()?;
     let id = ServiceId {
         addr: vip.ip(),
@@ -83,7 +98,11 @@ fn wait(vip: SocketAddr, ip: IpAddr, timeout: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if has(&mut sock) {
-            writeln!(out, "{:.6}", monotonic())?;
+            let at = monotonic();
+            if let (Some(s), Some((_, token))) = (&udp, notify) {
+                s.send(token.as_bytes())?;
+            }
+            writeln!(out, "{at:.6}")?;
             return Ok(());
         }
         std::thread::sleep(Duration::from_micros(500));
@@ -131,14 +150,18 @@ fn main() -> anyhow::Result<()> {
             println!("vs={vs} full={full}");
             Ok(())
         }
-        Some("wait") if args.len() == 5 => wait(
+        Some("wait") if args.len() == 5 || args.len() == 7 => wait(
             args[2].parse()?,
             args[3].parse()?,
             Duration::from_millis(args[4].parse()?),
+            match args.get(5) {
+                Some(to) => Some((to.parse()?, args[6].as_str())),
+                None => None,
+            },
         ),
         Some("floor") if args.len() == 3 => floor(args[2].parse()?),
         _ => anyhow::bail!(
-            "usage: ipvs_probe count PORT M | wait VIP:PORT IP TIMEOUT_MS | floor COUNT"
+            "usage: ipvs_probe count PORT M | wait VIP:PORT IP TIMEOUT_MS [NOTIFY TOKEN] | floor COUNT"
         ),
     }
 }
