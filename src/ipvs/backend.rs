@@ -418,11 +418,10 @@ impl IpvsBackend {
                 _ => {}
             }
         }
-        for a in bind {
-            self.link.add_address(a)?;
-            self.bound.insert(a);
-            stats.written += 1;
-        }
+        // One rtnetlink socket for all of them (a cold start binds every VIP).
+        self.link.add_addresses(&bind)?;
+        stats.written += bind.len();
+        self.bound.extend(bind);
         // 3. Virtual and real servers.
         let desired = Desired {
             services: t
@@ -465,10 +464,10 @@ impl IpvsBackend {
             })
         });
         // 4. Unbind addresses nobody uses any more (after their services went).
+        self.link.del_addresses(&unbind)?;
+        stats.deleted += unbind.len();
         for a in unbind {
-            self.link.del_address(a)?;
             self.bound.remove(&a);
-            stats.deleted += 1;
         }
         let dests: usize = self.current.values().map(|c| c.dests.len()).sum();
         stats.table_rules = vec![

@@ -22,6 +22,14 @@ pub trait LinkKernel: Send {
     fn addresses(&mut self) -> Result<BTreeSet<IpAddr>>;
     fn add_address(&mut self, ip: IpAddr) -> Result<()>;
     fn del_address(&mut self, ip: IpAddr) -> Result<()>;
+    /// Binds several addresses (one socket for all of them where it can).
+    fn add_addresses(&mut self, ips: &[IpAddr]) -> Result<()> {
+        ips.iter().try_for_each(|ip| self.add_address(*ip))
+    }
+    /// Unbinds several addresses (one socket for all of them where it can).
+    fn del_addresses(&mut self, ips: &[IpAddr]) -> Result<()> {
+        ips.iter().try_for_each(|ip| self.del_address(*ip))
+    }
     /// Deletes the link (and with it its addresses) if present.
     fn delete_link(&mut self) -> Result<()>;
     /// Addresses on every other interface (no loopback, no IPv6 link-local):
@@ -134,40 +142,59 @@ impl LinkKernel for SystemLink {
     }
 
     fn add_address(&mut self, ip: IpAddr) -> Result<()> {
+        self.add_addresses(&[ip])
+    }
+
+    fn del_address(&mut self, ip: IpAddr) -> Result<()> {
+        self.del_addresses(&[ip])
+    }
+
+    fn add_addresses(&mut self, ips: &[IpAddr]) -> Result<()> {
+        if ips.is_empty() {
+            return Ok(());
+        }
         run(async |h: Handle| {
             let idx = link_index(&h)
                 .await?
                 .ok_or_else(|| anyhow!("{DUMMY_LINK} does not exist"))?;
-            match h.address().add(idx, ip, prefix(&ip)).execute().await {
-                Ok(()) => Ok(()),
-                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
-                Err(e) => Err(anyhow!("binding {ip} to {DUMMY_LINK}: {e}")),
+            for ip in ips {
+                match h.address().add(idx, *ip, prefix(ip)).execute().await {
+                    Ok(()) => {}
+                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
+                    Err(e) => return Err(anyhow!("binding {ip} to {DUMMY_LINK}: {e}")),
+                }
             }
+            Ok(())
         })
     }
 
-    fn del_address(&mut self, ip: IpAddr) -> Result<()> {
+    fn del_addresses(&mut self, ips: &[IpAddr]) -> Result<()> {
+        if ips.is_empty() {
+            return Ok(());
+        }
         run(async |h: Handle| {
             let Some(idx) = link_index(&h).await? else {
                 return Ok(());
             };
-            let msg = match ip {
-                IpAddr::V4(a) => AddressMessageBuilder::<Ipv4Addr>::new()
-                    .index(idx)
-                    .address(a, 32)
-                    .build(),
-                IpAddr::V6(a) => AddressMessageBuilder::<Ipv6Addr>::new()
-                    .index(idx)
-                    .address(a, 128)
-                    .build(),
-            };
-            match h.address().del(msg).execute().await {
-                Ok(()) => Ok(()),
-                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EADDRNOTAVAIL => {
-                    Ok(())
+            for ip in ips {
+                let msg = match ip {
+                    IpAddr::V4(a) => AddressMessageBuilder::<Ipv4Addr>::new()
+                        .index(idx)
+                        .address(*a, 32)
+                        .build(),
+                    IpAddr::V6(a) => AddressMessageBuilder::<Ipv6Addr>::new()
+                        .index(idx)
+                        .address(*a, 128)
+                        .build(),
+                };
+                match h.address().del(msg).execute().await {
+                    Ok(()) => {}
+                    Err(rtnetlink::Error::NetlinkError(e))
+                        if e.raw_code() == -libc::EADDRNOTAVAIL => {}
+                    Err(e) => return Err(anyhow!("unbinding {ip} from {DUMMY_LINK}: {e}")),
                 }
-                Err(e) => Err(anyhow!("unbinding {ip} from {DUMMY_LINK}: {e}")),
             }
+            Ok(())
         })
     }
 
