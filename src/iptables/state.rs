@@ -7,6 +7,7 @@
 //! and a full sync is cut into payloads of bounded size (legacy iptables
 //! rewrites the whole table per restore, so there one payload is best).
 
+use super::names::{is_service_chain, ChainName as Name, PackedName};
 use super::render::{
     render_fixed, render_service_port, shared_tail, Chain, RenderConfig, Shared, Table,
 };
@@ -18,11 +19,90 @@ use std::hash::{Hash, Hasher};
 pub type ChainId = (Table, String);
 
 /// What one service port last rendered to, kept small: hashes of its own
-/// chains, and its lines in the shared chains.
+/// (nat) chains, and its lines in the shared chains.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Summary {
-    owned: Vec<(String, u64)>,
-    shared: Vec<(Shared, String)>,
+    owned: Box<[(Name, u64)]>,
+    shared: Box<[(Shared, Box<str>)]>,
+}
+
+impl Summary {
+    fn owns(&self, name: &Name) -> bool {
+        self.owned.iter().any(|(n, _)| n == name)
+    }
+}
+
+/// The chains the service ports own now.
+fn owned_names(summaries: &BTreeMap<ServicePortKey, Summary>) -> HashSet<&Name> {
+    summaries
+        .values()
+        .flat_map(|s| s.owned.iter().map(|(n, _)| n))
+        .collect()
+}
+
+/// Hash of a chain's rules and their number, as last written; 4-byte
+/// aligned so that an entry of [`Applied`] takes 24 bytes, not 32.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    hash: [u32; 2],
+    rules: u32,
+}
+
+impl Slot {
+    fn new(hash: u64, rules: usize) -> Slot {
+        Slot {
+            hash: [hash as u32, (hash >> 32) as u32],
+            rules: rules as u32,
+        }
+    }
+
+    fn hash(self) -> u64 {
+        u64::from(self.hash[0]) | u64::from(self.hash[1]) << 32
+    }
+}
+
+/// Chain -> [`Slot`] as last written. The per-service chains (60,000 at
+/// 10,000 Services) are keyed by their packed names: with `String` keys in a
+/// `HashMap` this took ~8 MB there, now ~2 MB. A `BTreeMap` because it
+/// grows a node at a time (a `HashMap` that size is half empty after it
+/// doubles, and holds both tables while it does).
+#[derive(Debug, Default)]
+struct Applied {
+    /// nat chains whose names pack.
+    packed: BTreeMap<PackedName, Slot>,
+    /// All others (the fixed and shared chains).
+    other: HashMap<ChainId, Slot>,
+}
+
+impl Applied {
+    fn packed_key(table: Table, name: &str) -> Option<PackedName> {
+        if table == Table::Nat {
+            PackedName::of(name)
+        } else {
+            None
+        }
+    }
+
+    fn get(&self, table: Table, name: &str) -> Option<Slot> {
+        match Self::packed_key(table, name) {
+            Some(k) => self.packed.get(&k).copied(),
+            None => self.other.get(&(table, name.to_string())).copied(),
+        }
+    }
+
+    fn insert(&mut self, id: &ChainId, v: Slot) -> Option<Slot> {
+        match Self::packed_key(id.0, &id.1) {
+            Some(k) => self.packed.insert(k, v),
+            None => self.other.insert(id.clone(), v),
+        }
+    }
+
+    fn remove(&mut self, id: &ChainId) -> Option<Slot> {
+        match Self::packed_key(id.0, &id.1) {
+            Some(k) => self.packed.remove(&k),
+            None => self.other.remove(id),
+        }
+    }
 }
 
 /// One `iptables-restore --noflush` input and what it changes once it succeeds.
@@ -111,8 +191,7 @@ pub struct Engine {
     /// Most lines in one restore payload (`usize::MAX`: one payload).
     pub max_payload_lines: usize,
     summaries: BTreeMap<ServicePortKey, Summary>,
-    /// Chain -> (hash of its rules, number of rules) as last written.
-    applied: HashMap<ChainId, (u64, usize)>,
+    applied: Applied,
     /// Rules per table as last written (for metrics).
     rule_counts: BTreeMap<Table, usize>,
     /// Service chains found in the kernel that no service port owns.
@@ -127,16 +206,11 @@ impl Engine {
             cfg,
             max_payload_lines,
             summaries: BTreeMap::new(),
-            applied: HashMap::new(),
+            applied: Applied::default(),
             rule_counts: BTreeMap::new(),
             stale: BTreeSet::new(),
             force_full: false,
         }
-    }
-
-    /// Chains we believe are in the kernel.
-    pub fn applied_chains(&self) -> impl Iterator<Item = &ChainId> {
-        self.applied.keys()
     }
 
     /// Rules per table as last written.
@@ -145,7 +219,7 @@ impl Engine {
     }
 
     fn is_applied(&self, table: Table, name: &str, hash: u64) -> bool {
-        self.applied.get(&(table, name.to_string())).map(|a| a.0) == Some(hash)
+        self.applied.get(table, name).map(Slot::hash) == Some(hash)
     }
 
     /// Number of service ports programmed.
@@ -156,13 +230,9 @@ impl Engine {
     /// Records service chains seen in the kernel (e.g. left by an earlier run);
     /// those no service port owns are deleted by the next sync.
     pub fn note_existing(&mut self, existing: impl IntoIterator<Item = ChainId>) {
-        let owned: HashSet<&str> = self
-            .summaries
-            .values()
-            .flat_map(|s| s.owned.iter().map(|(n, _)| n.as_str()))
-            .collect();
+        let owned = owned_names(&self.summaries);
         for id in existing {
-            if super::names::is_service_chain(&id.1) && !owned.contains(id.1.as_str()) {
+            if is_service_chain(&id.1) && !owned.contains(&Name::new(&id.1)) {
                 self.stale.insert(id);
             }
         }
@@ -212,19 +282,33 @@ impl Engine {
         let flipped = super::large::update_mode(&mut self.cfg, ports);
         let full = full || flipped || std::mem::take(&mut self.force_full);
         let family = self.cfg.family;
-        let mut known_before: HashSet<ChainId> = HashSet::new();
-        let keys: Vec<ServicePortKey> = if full {
-            known_before = self.applied.drain().map(|(k, _)| k).collect();
+        // A full sync: the service chains written before (to delete those
+        // nothing owns any more), and the service ports that are gone.
+        let mut known_packed: Vec<PackedName> = Vec::new();
+        let mut known_other: Vec<ChainId> = Vec::new();
+        let mut gone: Vec<ServicePortKey> = Vec::new();
+        if full {
+            let before = std::mem::take(&mut self.applied);
+            known_packed = before.packed.into_keys().collect();
+            known_other = before.other.into_keys().collect();
             self.rule_counts.clear();
-            let mut all: BTreeSet<ServicePortKey> = self.summaries.keys().cloned().collect();
-            all.extend(ports.keys().filter(|k| k.family == family).cloned());
-            all.into_iter().collect()
-        } else {
-            changed
-                .iter()
-                .filter(|k| k.family == family)
+            gone = self
+                .summaries
+                .keys()
+                .filter(|k| !ports.contains_key(k))
                 .cloned()
-                .collect()
+                .collect();
+        }
+        let keys: Vec<&ServicePortKey> = if full {
+            let mut all: Vec<&ServicePortKey> = ports
+                .keys()
+                .filter(|k| k.family == family)
+                .chain(&gone)
+                .collect();
+            all.sort();
+            all
+        } else {
+            changed.iter().filter(|k| k.family == family).collect()
         };
 
         let mut cur = PayloadBuilder::default();
@@ -237,39 +321,47 @@ impl Engine {
 
         let mut shared_dirty = full;
         let mut deletes: Vec<ChainId> = Vec::new();
-        let mut desired_owned: HashSet<String> = HashSet::new();
         for key in keys {
-            let old = self.summaries.remove(&key);
-            let Some(sp) = ports.get(&key) else {
-                if let Some(old) = old {
+            let old = self.summaries.remove_entry(key);
+            let Some(sp) = ports.get(key) else {
+                if let Some((_, old)) = old {
                     shared_dirty |= !old.shared.is_empty();
-                    deletes.extend(old.owned.into_iter().map(|(n, _)| (Table::Nat, n)));
+                    deletes.extend(old.owned.iter().map(|(n, _)| (Table::Nat, n.unpack())));
                 }
                 continue;
             };
             let frag = render_service_port(sp, &self.cfg);
-            let mut summary = Summary {
-                owned: Vec::with_capacity(frag.chains.len()),
-                shared: frag.shared,
-            };
+            let mut owned = Vec::with_capacity(frag.chains.len());
             for chain in frag.chains {
                 let h = hash_rules(&chain.rules);
-                summary.owned.push((chain.name.clone(), h));
-                desired_owned.insert(chain.name.clone());
+                owned.push((Name::new(&chain.name), h));
                 if !self.is_applied(chain.table, &chain.name, h) {
                     cur.write(chain, h);
                 }
             }
-            if let Some(old) = old {
-                shared_dirty |= old.shared != summary.shared;
-                for (name, _) in old.owned {
-                    if !summary.owned.iter().any(|(n, _)| *n == name) {
-                        deletes.push((Table::Nat, name));
+            let summary = Summary {
+                owned: owned.into_boxed_slice(),
+                shared: frag
+                    .shared
+                    .into_iter()
+                    .map(|(s, r)| (s, r.into_boxed_str()))
+                    .collect(),
+            };
+            let key = match old {
+                Some((key, old)) => {
+                    shared_dirty |= old.shared != summary.shared;
+                    for (name, _) in old.owned.iter() {
+                        if !summary.owns(name) {
+                            deletes.push((Table::Nat, name.unpack()));
+                        }
                     }
+                    key
                 }
-            } else {
-                shared_dirty |= !summary.shared.is_empty();
-            }
+                None => {
+                    shared_dirty |= !summary.shared.is_empty();
+                    key.clone()
+                }
+            };
             self.summaries.insert(key, summary);
             if cur.lines >= self.max_payload_lines {
                 emit(self, std::mem::take(&mut cur).finish());
@@ -278,7 +370,7 @@ impl Engine {
 
         for s in Shared::ALL {
             let id = (s.table(), s.chain().to_string());
-            if !shared_dirty && self.applied.contains_key(&id) {
+            if !shared_dirty && self.applied.get(id.0, &id.1).is_some() {
                 continue;
             }
             let mut rules: Vec<String> = self
@@ -288,7 +380,7 @@ impl Engine {
                     sum.shared
                         .iter()
                         .filter(|(k, _)| *k == s)
-                        .map(|(_, r)| r.clone())
+                        .map(|(_, r)| r.to_string())
                 })
                 .collect();
             rules.extend(shared_tail(s, &self.cfg));
@@ -305,27 +397,31 @@ impl Engine {
             }
         }
 
-        if full {
-            // Chains we wrote before that nothing owns any more.
-            for id in known_before {
-                let fixed_or_shared = !super::names::is_service_chain(&id.1);
-                if !fixed_or_shared && !desired_owned.contains(&id.1) {
+        // Service chains we wrote before that nothing owns any more (after a
+        // full sync the summaries hold exactly what was rendered).
+        known_other.retain(|id| is_service_chain(&id.1));
+        if !known_packed.is_empty() || !known_other.is_empty() {
+            let owned = owned_names(&self.summaries);
+            for p in known_packed {
+                if !owned.contains(&Name::Packed(p)) {
+                    deletes.push((Table::Nat, p.unpack()));
+                }
+            }
+            for id in known_other {
+                if !owned.contains(&Name::new(&id.1)) {
                     deletes.push(id);
                 }
             }
         }
-        let owned_now: HashSet<&str> = if self.stale.is_empty() {
-            HashSet::new()
+        let stale: Vec<ChainId> = if self.stale.is_empty() {
+            Vec::new()
         } else {
-            self.summaries
-                .values()
-                .flat_map(|s| s.owned.iter().map(|(n, _)| n.as_str()))
+            let owned = owned_names(&self.summaries);
+            std::mem::take(&mut self.stale)
+                .into_iter()
+                .filter(|id| !owned.contains(&Name::new(&id.1)))
                 .collect()
         };
-        let stale: Vec<ChainId> = std::mem::take(&mut self.stale)
-            .into_iter()
-            .filter(|id| !owned_now.contains(id.1.as_str()))
-            .collect();
         deletes.extend(stale);
         deletes.sort();
         deletes.dedup();
@@ -340,14 +436,14 @@ impl Engine {
     /// The payload reached the kernel.
     pub fn commit(&mut self, p: &Payload) {
         for (id, h, n) in &p.writes {
-            if let Some((_, old)) = self.applied.insert(id.clone(), (*h, *n)) {
-                *self.rule_counts.entry(id.0).or_default() -= old;
+            if let Some(old) = self.applied.insert(id, Slot::new(*h, *n)) {
+                *self.rule_counts.entry(id.0).or_default() -= old.rules as usize;
             }
             *self.rule_counts.entry(id.0).or_default() += n;
         }
         for id in &p.deletes {
-            if let Some((_, old)) = self.applied.remove(id) {
-                *self.rule_counts.entry(id.0).or_default() -= old;
+            if let Some(old) = self.applied.remove(id) {
+                *self.rule_counts.entry(id.0).or_default() -= old.rules as usize;
             }
         }
     }
@@ -357,8 +453,8 @@ impl Engine {
     pub fn forget(&mut self, p: &Payload) {
         self.force_full = true;
         for (id, _, _) in &p.writes {
-            if let Some((_, old)) = self.applied.remove(id) {
-                *self.rule_counts.entry(id.0).or_default() -= old;
+            if let Some(old) = self.applied.remove(id) {
+                *self.rule_counts.entry(id.0).or_default() -= old.rules as usize;
             }
         }
         for id in &p.deletes {

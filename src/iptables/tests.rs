@@ -185,6 +185,47 @@ fn engine_splits_big_syncs_and_keeps_dependencies_in_order() {
 }
 
 #[test]
+fn a_full_sync_deletes_written_chains_nothing_owns() {
+    let ports = ports_map(vec![service_n(1, 2)]);
+    let all: BTreeSet<_> = ports.keys().cloned().collect();
+    let mut e = Engine::new(RenderConfig::new(Family::V4), usize::MAX);
+    let first = e.plan(&ports, &all, true);
+    e.commit(&first[0]);
+    let owned: Vec<String> = first[0]
+        .writes
+        .iter()
+        .map(|(id, _, _)| id.1.clone())
+        .filter(|n| is_service_chain(n))
+        .collect();
+    assert_eq!(owned.len(), 3, "{owned:?}");
+    // Chains the engine once wrote that no service port owns now (as if a
+    // delete had been lost): a service chain in nat whose name packs, one
+    // whose name does not, and a fixed chain, which is never deleted.
+    let orphans = [
+        (Table::Nat, "KUBE-SEP-ZZZZZZZZZZZZZZZZ".to_string()),
+        (Table::Nat, "KUBE-SEP-SHORT".to_string()),
+        (Table::Filter, "KUBE-SVC-ZZZZZZZZZZZZZZZZ".to_string()),
+    ];
+    e.commit(&super::state::Payload {
+        writes: orphans.iter().map(|id| (id.clone(), 1, 1)).collect(),
+        ..Default::default()
+    });
+    // An incremental sync with nothing changed leaves them alone ...
+    assert!(e.plan(&ports, &BTreeSet::new(), false).is_empty());
+    // ... a full one rewrites everything owned and deletes exactly them.
+    let plan = e.plan(&ports, &BTreeSet::new(), true);
+    assert_eq!(plan.len(), 1);
+    let mut want = orphans.to_vec();
+    want.sort();
+    assert_eq!(plan[0].deletes, want);
+    for name in &owned {
+        assert!(plan[0].text.contains(&format!(":{name} - [0:0]")), "{name}");
+    }
+    e.commit(&plan[0]);
+    assert!(e.plan(&ports, &BTreeSet::new(), true)[0].deletes.is_empty());
+}
+
+#[test]
 fn engine_rewrites_after_failure_and_removes_stale_chains() {
     let ports = ports_map(vec![service_n(1, 1)]);
     let all: BTreeSet<_> = ports.keys().cloned().collect();

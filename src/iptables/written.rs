@@ -4,18 +4,25 @@
 //! chain being rewritten while the check reads the kernel is never mistaken
 //! for damage.
 
+use super::names::ChainName;
 use super::render::Table;
 use super::state::Payload;
 use crate::model::Family;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 /// A chain, by a 64-bit hash of its family, table and name: at 10,000
-/// Services there are 60,000 chains, and names as keys took ~12 MB.
+/// Services there are 60,000 chains, and names as keys took ~12 MB. Kept in
+/// a `BTreeMap`, which grows a node at a time (a `HashMap` that size is half
+/// empty after it doubles, and holds both tables while it does).
 type Key = u64;
 
 fn key(family: Family, table: Table, name: &str) -> Key {
+    key_of(family, table, &ChainName::new(name))
+}
+
+fn key_of(family: Family, table: Table, name: &ChainName) -> Key {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (family, table, name).hash(&mut h);
     h.finish()
@@ -42,7 +49,7 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Written {
     gen: u64,
-    chains: HashMap<Key, Entry>,
+    chains: BTreeMap<Key, Entry>,
 }
 
 pub type Shared = Arc<Mutex<Written>>;
@@ -111,22 +118,16 @@ impl Written {
     /// [`rule_counts`]) differs from what was written, or that are gone,
     /// among those nobody touched after generation `since` (read before the
     /// kernel was).
-    pub fn damaged(
-        &self,
-        since: u64,
-        family: Family,
-        table: Table,
-        counts: &BTreeMap<String, usize>,
-    ) -> Damage {
+    pub fn damaged(&self, since: u64, family: Family, table: Table, counts: &Counts) -> Damage {
         let mut d = Damage::default();
         // Chains we wrote, not touched since, that the dump shows.
         let mut present = 0usize;
-        for (name, n) in counts {
-            if let Some(e) = self.chains.get(&key(family, table, name)) {
+        for (name, n) in &counts.0 {
+            if let Some(e) = self.chains.get(&key_of(family, table, name)) {
                 if e.gen <= since {
                     present += 1;
-                    if e.rules as usize != *n {
-                        d.changed.push(name.clone());
+                    if e.rules != *n {
+                        d.changed.push(name.unpack());
                     }
                 }
             }
@@ -141,10 +142,31 @@ impl Written {
     }
 }
 
+/// Rules per chain in one table's dump, by compact name: a nat table at
+/// 10,000 Services has 60,000 chains (as `String` keys ~5 MB).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Counts(BTreeMap<ChainName, u32>);
+
+impl Counts {
+    /// Chains in the dump.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Rules of one chain, if the dump has it.
+    pub fn get(&self, name: &str) -> Option<usize> {
+        self.0.get(&ChainName::new(name)).map(|n| *n as usize)
+    }
+}
+
 /// Rules per chain in one table's `iptables-save` output; None when the
 /// output is not a readable dump of that table (e.g. iptables-nft reporting
 /// the table as incompatible), so nothing can be concluded.
-pub fn rule_counts(table: Table, save: &str) -> Option<BTreeMap<String, usize>> {
+pub fn rule_counts(table: Table, save: &str) -> Option<Counts> {
     let mut c = RuleCounter::new(table);
     save.lines().for_each(|l| c.feed(l));
     c.finish()
@@ -155,7 +177,7 @@ pub struct RuleCounter {
     header: String,
     seen_header: bool,
     incompatible: bool,
-    counts: BTreeMap<String, usize>,
+    counts: Counts,
 }
 
 impl RuleCounter {
@@ -164,7 +186,7 @@ impl RuleCounter {
             header: format!("*{}", table.name()),
             seen_header: false,
             incompatible: false,
-            counts: BTreeMap::new(),
+            counts: Counts::default(),
         }
     }
 
@@ -173,16 +195,11 @@ impl RuleCounter {
             self.seen_header = true;
         } else if let Some(rest) = line.strip_prefix(':') {
             if let Some(name) = rest.split_whitespace().next() {
-                self.counts.entry(name.to_string()).or_default();
+                self.counts.0.entry(ChainName::new(name)).or_default();
             }
         } else if let Some(rest) = line.strip_prefix("-A ") {
             if let Some(name) = rest.split_whitespace().next() {
-                match self.counts.get_mut(name) {
-                    Some(n) => *n += 1,
-                    None => {
-                        self.counts.insert(name.to_string(), 1);
-                    }
-                }
+                *self.counts.0.entry(ChainName::new(name)).or_default() += 1;
             }
         }
         if line.contains("incompatible") {
@@ -190,7 +207,7 @@ impl RuleCounter {
         }
     }
 
-    pub fn finish(self) -> Option<BTreeMap<String, usize>> {
+    pub fn finish(self) -> Option<Counts> {
         (self.seen_header && !self.incompatible).then_some(self.counts)
     }
 }
@@ -240,6 +257,8 @@ mod tests {
                 missing: 1
             }
         );
+        assert_eq!(counts.get("KUBE-SVC-B"), Some(1));
+        assert_eq!(counts.get("KUBE-SVC-C"), None);
         assert!(w
             .damaged(since, Family::V4, Table::Filter, &counts)
             .is_empty());
@@ -250,6 +269,31 @@ mod tests {
         assert!(w.damaged(since, Family::V4, Table::Nat, &counts).is_empty());
         w.commit(Family::V4, &payload(&[("KUBE-SVC-A", 3)], &["KUBE-SVC-C"]));
         assert!(w.damaged(since, Family::V4, Table::Nat, &counts).is_empty());
+    }
+
+    #[test]
+    fn service_chains_are_checked_by_their_full_names() {
+        let (svc, sep) = ("KUBE-SVC-ABCDEFGHIJKLMNOP", "KUBE-SEP-ABCDEFGHIJKLMNOP");
+        let mut w = Written::default();
+        w.commit(Family::V4, &payload(&[(svc, 1), (sep, 2)], &[]));
+        let since = w.generation();
+        let save = format!(
+            "*nat\n:{svc} - [0:0]\n:{sep} - [0:0]\n-A {svc} -j {sep}\n-A {sep} -j DNAT\nCOMMIT\n"
+        );
+        let counts = rule_counts(Table::Nat, &save).unwrap();
+        assert_eq!(counts.get(sep), Some(1));
+        assert_eq!(
+            w.damaged(since, Family::V4, Table::Nat, &counts),
+            Damage {
+                changed: vec![sep.to_string()],
+                missing: 0
+            }
+        );
+        // Same names in another table or family are other chains.
+        assert!(w.damaged(since, Family::V6, Table::Nat, &counts).is_empty());
+        assert!(w
+            .damaged(since, Family::V4, Table::Filter, &counts)
+            .is_empty());
     }
 
     #[test]

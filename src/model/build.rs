@@ -351,8 +351,6 @@ fn collect_endpoints(
                     ready,
                     serving,
                     terminating,
-                    node_name: ep.node_name.clone(),
-                    zone: ep.zone.clone(),
                     is_local: !node.node_name.is_empty()
                         && ep.node_name.as_deref() == Some(node.node_name.as_str()),
                     zone_hints: ep

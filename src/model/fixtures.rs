@@ -10,8 +10,6 @@ pub fn endpoint(ip: &str, port: u16) -> Endpoint {
         ready: true,
         serving: true,
         terminating: false,
-        node_name: None,
-        zone: None,
         is_local: false,
         zone_hints: vec![],
     }

@@ -124,9 +124,8 @@ pub struct Endpoint {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    pub node_name: Option<String>,
-    pub zone: Option<String>,
-    /// Runs on this node (node name equals ours).
+    /// Runs on this node (node name equals ours). The node name and zone
+    /// themselves are not kept: nothing reads them after this.
     pub is_local: bool,
     /// Zones this endpoint is hinted for (EndpointSlice `hints.forZones`).
     pub zone_hints: Vec<String>,

@@ -34,10 +34,13 @@ pub enum Update {
 #[derive(Debug, Default)]
 pub struct Store {
     services: BTreeMap<ServiceKey, Packed>,
-    /// Slices by their own namespace/name, with the Service they belong to.
-    slices: BTreeMap<ServiceKey, (Option<ServiceKey>, Packed)>,
-    /// Service -> names of its slices.
-    by_service: BTreeMap<ServiceKey, BTreeSet<ServiceKey>>,
+    /// Slices by their own namespace/name, with the name of the Service they
+    /// belong to (in the slice's namespace).
+    slices: BTreeMap<ServiceKey, (Option<Box<str>>, Packed)>,
+    /// (Service, name of one of its slices): the slices of a Service are
+    /// adjacent. A set of pairs, not a set per Service: a Service has one
+    /// slice or a few, and a `BTreeSet` each took ~0.5 kB per Service.
+    by_service: BTreeSet<(ServiceKey, String)>,
     /// Keys seen since `ListBegin`, per kind being listed.
     listing_services: Option<BTreeSet<ServiceKey>>,
     listing_slices: Option<BTreeSet<ServiceKey>>,
@@ -163,10 +166,13 @@ impl Store {
 
     pub fn slices_of(&self, key: &ServiceKey) -> Result<Vec<EndpointSlice>, String> {
         self.by_service
-            .get(key)
-            .into_iter()
-            .flatten()
-            .filter_map(|k| Some(self.slices.get(k)?.1.open("EndpointSlice", k)))
+            .range((key.clone(), String::new())..)
+            .take_while(|(owner, _)| owner == key)
+            .map(|(_, name)| ServiceKey {
+                namespace: key.namespace.clone(),
+                name: name.clone(),
+            })
+            .filter_map(|k| Some(self.slices.get(&k)?.1.open("EndpointSlice", &k)))
             .collect()
     }
 
@@ -261,25 +267,25 @@ impl Store {
         }
         // The owner may change if the label changed: unlink from the old one.
         self.remove_slice(&key, dirty);
-        if let Some(owner) = &owner {
-            self.by_service
-                .entry(owner.clone())
-                .or_default()
-                .insert(key.clone());
-            dirty.insert(owner.clone());
-        }
-        self.slices.insert(key, (owner, packed));
+        let owner_name = owner.map(|owner| {
+            self.by_service.insert((owner.clone(), key.name.clone()));
+            let name = owner.name.clone().into_boxed_str();
+            dirty.insert(owner);
+            name
+        });
+        self.slices.insert(key, (owner_name, packed));
     }
 
     fn remove_slice(&mut self, key: &ServiceKey, dirty: &mut BTreeSet<ServiceKey>) {
-        if let Some((Some(owner), _)) = self.slices.remove(key) {
-            if let Some(set) = self.by_service.get_mut(&owner) {
-                set.remove(key);
-                if set.is_empty() {
-                    self.by_service.remove(&owner);
-                }
-            }
-            dirty.insert(owner);
+        if let Some((Some(owner_name), _)) = self.slices.remove(key) {
+            // A slice belongs to a Service of its own namespace.
+            let owner = ServiceKey {
+                namespace: key.namespace.clone(),
+                name: owner_name.into(),
+            };
+            let link = (owner, key.name.clone());
+            self.by_service.remove(&link);
+            dirty.insert(link.0);
         }
     }
 }
@@ -409,5 +415,45 @@ mod tests {
         // An end without a beginning removes nothing.
         assert!(st.apply(Update::ListDone(Kind::Services)).is_empty());
         assert_eq!(st.len(), (2, 1));
+    }
+
+    #[test]
+    fn slices_follow_their_service_label() {
+        let mut st = Store::default();
+        let names = |st: &Store, svc: &str| -> Vec<String> {
+            st.slices_of(&key(svc))
+                .unwrap()
+                .into_iter()
+                .map(|s| s.metadata.name.unwrap())
+                .collect()
+        };
+        // Services whose names share a prefix keep their slices apart.
+        for (slice_name, owner) in [("a-2", "a"), ("a-1", "a"), ("ab-1", "ab"), ("a-b-1", "a-b")] {
+            st.apply(Update::Slice(Box::new(slice(
+                slice_name, owner, "10.1.0.1",
+            ))));
+        }
+        assert_eq!(names(&st, "a"), ["a-1", "a-2"]);
+        assert_eq!(names(&st, "ab"), ["ab-1"]);
+        assert_eq!(names(&st, "a-b"), ["a-b-1"]);
+        assert!(names(&st, "b").is_empty());
+        // Relabelled: both Services change.
+        assert_eq!(
+            st.apply(Update::Slice(Box::new(slice("a-2", "ab", "10.1.0.1")))),
+            [key("a"), key("ab")].into()
+        );
+        assert_eq!(names(&st, "a"), ["a-1"]);
+        assert_eq!(names(&st, "ab"), ["a-2", "ab-1"]);
+        assert_eq!(
+            st.apply(Update::SliceDeleted(key("a-2"))),
+            [key("ab")].into()
+        );
+        assert_eq!(names(&st, "ab"), ["ab-1"]);
+        // A slice in another namespace is another Service's.
+        let mut other = slice("a-3", "a", "10.1.0.1");
+        other.metadata.namespace = Some("other".into());
+        st.apply(Update::Slice(Box::new(other)));
+        assert_eq!(names(&st, "a"), ["a-1"]);
+        assert_eq!(st.len(), (0, 4));
     }
 }
