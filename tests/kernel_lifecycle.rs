@@ -377,9 +377,9 @@ fn runs_with_net_admin_and_net_raw_only_after_init_only() {
     println!("proxy CapEff: {eff}");
     assert_eq!(eff, "0000000000003000", "only NET_ADMIN and NET_RAW");
     let pods = ["pod0:8080", "pod1:8080", "pod2:8080"];
-    at_least_each(&spread(&lab.node, "http://10.96.0.10/", 12), &pods, 1);
+    at_least_each(&spread(&lab.node, "http://10.96.0.10/", 45), &pods, 1);
     at_least_each(
-        &spread(&lab.client, &format!("http://{NODE_IP}:30080/"), 12),
+        &spread(&lab.client, &format!("http://{NODE_IP}:30080/"), 45),
         &pods,
         1,
     );
