@@ -280,7 +280,9 @@ impl Engine {
         // Large cluster mode follows the whole model; a flip changes every
         // endpoint rule's comment, so it renders and writes everything.
         let flipped = super::large::update_mode(&mut self.cfg, ports);
-        let full = full || flipped || std::mem::take(&mut self.force_full);
+        // Taken in every case: a full sync also settles a pending forced one.
+        let forced = std::mem::take(&mut self.force_full);
+        let full = full || flipped || forced;
         let family = self.cfg.family;
         // A full sync: the service chains written before (to delete those
         // nothing owns any more), and the service ports that are gone.

@@ -275,8 +275,23 @@ impl IpvsBackend {
         if full {
             self.ipset.restore(&text())?;
         } else {
+            // The fallback also adds back every entry the families want: a
+            // set found missing (deleted by hand) was recreated empty, and
+            // our record still lists what it held.
+            let agg = &self.agg;
+            let fallback = || -> String {
+                let mut t = text();
+                for (f, _, _) in &written {
+                    t.push_str(&ipset::restore_text(
+                        *f,
+                        &ipset::SetEntries::new(),
+                        &agg.entries(*f),
+                    ));
+                }
+                t
+            };
             let warned = &mut self.ipset_fallback_warned;
-            super::apply::change_or_restore(self.ipset.as_mut(), &ops, text, warned)?;
+            super::apply::change_or_restore(self.ipset.as_mut(), &ops, fallback, warned)?;
         }
         for (f, from, to) in written {
             let applied = self.sets.entry(f).or_default();

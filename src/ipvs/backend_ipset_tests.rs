@@ -149,6 +149,11 @@ fn missing_sets_fall_back_to_restore_which_creates_them() {
         let add = "add KUBE-LOOP-BACK 10.244.1.11,tcp:8080,10.244.1.11";
         assert!(last.lines().any(|l| l == add), "{last}");
         assert!(w.sets["KUBE-LOOP-BACK"].contains("10.244.1.11,tcp:8080,10.244.1.11"));
+        // What the destroyed set held before is written back too.
+        assert!(
+            w.sets["KUBE-LOOP-BACK"].contains("10.244.1.10,tcp:8080,10.244.1.10"),
+            "{last}"
+        );
     }
     // The set is back: the next change goes over netlink again.
     let p3 = local_web(&["10.244.1.10", "10.244.1.11", "10.244.1.12"]);

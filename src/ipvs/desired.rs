@@ -128,7 +128,9 @@ pub fn contribution(sp: &ServicePort, cfg: &IpvsConfig) -> Contribution {
             .collect();
         // A zero-length prefix lets every source in, and the kernel refuses
         // it in a hash:ip,port,net set (so the whole ipset write would fail):
-        // as upstream, such a family gets no source filter at all.
+        // such a family gets no source filter at all, which is what the same
+        // ranges mean in iptables mode (upstream's ipvs mode leaves /0 out of
+        // the set since kubernetes#132722).
         let ranges = if ranges.iter().any(|r| r.prefix_len() == 0) {
             vec![]
         } else {
