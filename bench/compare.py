@@ -409,11 +409,7 @@ def main():
                 rec = run_one(which, n, a.endpoints, a.changes, api, kubeconfig, a.iptables, cpdir,
                               a.cold_start_limit)
                 print(f"N={n} {which}: {rec}", flush=True)
-                for metric, value in rec.items():
-                    records.append({"proxy": "kube-proxy-rs" if which == "rs" else "kube-proxy",
-                                    "mode": f"iptables-{a.iptables}", "services": n, "endpoints": a.endpoints,
-                                    "metric": metric, "value": value, "machine": machine,
-                                    "kubernetes": K8S_VERSION, "date": time.strftime("%Y-%m-%d")})
+                records += as_records(rec, which, f"iptables-{a.iptables}", n, a.endpoints, machine)
         finally:
             subprocess.run(["bash", os.path.join(ROOT, "scripts/k8s/controlplane.sh"), "stop", cpdir])
     stem = os.path.join(a.out, f"compare-iptables-{a.iptables}{a.suffix}")
@@ -427,6 +423,13 @@ def main():
 
 METRICS = ["cold_start_s", "latency_p50_ms", "latency_p99_ms", "floor_p50_ms", "floor_p99_ms",
            "cpu_s_per_1000_changes", "peak_rss_mb", "first_packet_first_ms", "first_packet_last_ms", "note"]
+
+
+def as_records(rec, which, mode, n, m, machine):
+    """One JSON record per metric of one proxy x mode x N run."""
+    return [{"proxy": "kube-proxy-rs" if which == "rs" else "kube-proxy", "mode": mode,
+             "services": n, "endpoints": m, "metric": metric, "value": value, "machine": machine,
+             "kubernetes": K8S_VERSION, "date": time.strftime("%Y-%m-%d")} for metric, value in rec.items()]
 
 
 def write_results(records, stem, header, metrics, judge):

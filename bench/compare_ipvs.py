@@ -277,11 +277,7 @@ def guest_run(a, n, cpdir, run, which, machine, records):
         rec = {"cold_start_s": None, "note": f"failed: {e}"[:300]}
     g.wait()
     print(f"N={n} {which}: {rec}", flush=True)
-    for metric, value in rec.items():
-        records.append({"proxy": "kube-proxy-rs" if which == "rs" else "kube-proxy",
-                        "mode": "ipvs", "services": n, "endpoints": a.endpoints,
-                        "metric": metric, "value": value, "machine": machine,
-                        "kubernetes": compare.K8S_VERSION, "date": time.strftime("%Y-%m-%d")})
+    records += compare.as_records(rec, which, "ipvs", n, a.endpoints, machine)
 
 
 def main():
