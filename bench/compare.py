@@ -327,13 +327,35 @@ def run_one(which, n, m, changes, api, kubeconfig, flavor, workdir, limit):
     return rec
 
 
-def targets(rows):
-    """The issue's targets at the largest size measured, as pass/fail lines."""
+def judged(rows):
+    """The size the targets are judged at (10,000, else the largest measured)
+    and both proxies' figures there; None when nothing was measured."""
     sizes = sorted({n for n, _ in rows})
     if not sizes:
-        return []
+        return None
     n = 10000 if 10000 in sizes else sizes[-1]
-    rs, up = rows.get((n, "kube-proxy-rs"), {}), rows.get((n, "kube-proxy"), {})
+    return n, rows.get((n, "kube-proxy-rs"), {}), rows.get((n, "kube-proxy"), {})
+
+
+def common_args(cold_start_limit):
+    """The options both comparison scripts take."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1000,10000")
+    ap.add_argument("--endpoints", type=int, default=5)
+    ap.add_argument("--changes", type=int, default=30)
+    ap.add_argument("--proxies", default="rs,upstream")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench/results"))
+    ap.add_argument("--suffix", default="", help="appended to the result files' names")
+    ap.add_argument("--cold-start-limit", type=int, default=cold_start_limit,
+                    help="seconds a proxy may take to program everything before it is reported as not done")
+    return ap
+
+
+def targets(rows):
+    """The issue's targets at the largest size measured, as pass/fail lines."""
+    if judged(rows) is None:
+        return []
+    n, rs, up = judged(rows)
     checks = []
 
     def check(name, ok, detail):
@@ -380,18 +402,10 @@ def prepare(build=("cargo", "build", "--release", "--quiet")):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="1000,10000")
-    ap.add_argument("--endpoints", type=int, default=5)
-    ap.add_argument("--changes", type=int, default=30)
-    ap.add_argument("--proxies", default="rs,upstream")
+    ap = common_args(cold_start_limit=1800)
     ap.add_argument("--iptables", default="nft")
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench/results"))
-    ap.add_argument("--suffix", default="", help="appended to the result files' names")
     ap.add_argument("--keep-other-proxies", action="store_true",
                     help="keep the result file's records of proxies not run this time (each record carries its date)")
-    ap.add_argument("--cold-start-limit", type=int, default=1800,
-                    help="seconds a proxy may take to program everything before it is reported as not done")
     a = ap.parse_args()
     prepare()
     machine = f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB, kernel {platform.release()}, {sh([ipt(a.iptables, ''), '--version']).strip()}"

@@ -163,11 +163,9 @@ def guest(a):
 
 
 def judge(rows):
-    sizes = sorted({n for n, _ in rows})
-    if not sizes:
+    if compare.judged(rows) is None:
         return []
-    n = 10000 if 10000 in sizes else sizes[-1]
-    rs, up = rows.get((n, "kube-proxy-rs"), {}), rows.get((n, "kube-proxy"), {})
+    n, rs, up = compare.judged(rows)
     lines = [f"Targets at {n} Services (ipvs, in the guest):"]
     if rs.get("latency_p99_ms") is None:
         return lines + [f"- not judged ({rs.get('note', 'no kube-proxy-rs figures')})"]
@@ -281,15 +279,8 @@ def guest_run(a, n, cpdir, run, which, machine, records):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="1000,10000")
-    ap.add_argument("--endpoints", type=int, default=5)
-    ap.add_argument("--changes", type=int, default=30)
-    ap.add_argument("--proxies", default="rs,upstream")
+    ap = compare.common_args(cold_start_limit=900)
     ap.add_argument("--mem", type=int, default=4096, help="guest memory (MB)")
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench/results"))
-    ap.add_argument("--suffix", default="")
-    ap.add_argument("--cold-start-limit", type=int, default=900)
     ap.add_argument("--in-guest", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cp", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
