@@ -79,12 +79,13 @@ pub fn set_mode(cfg: &mut RenderConfig, total: usize) -> bool {
 }
 
 /// `-m comment --comment <text> ` for a per-endpoint rule, or nothing in
-/// large cluster mode. `text` is printed as given (quote it if it has spaces).
-pub(crate) fn endpoint_comment(cfg: &RenderConfig, text: &str) -> String {
+/// large cluster mode (where `text` is never built). The text is printed as
+/// given (quote it if it has spaces).
+pub(crate) fn endpoint_comment(cfg: &RenderConfig, text: impl FnOnce() -> String) -> String {
     if cfg.large_cluster {
         String::new()
     } else {
-        format!("-m comment --comment {text} ")
+        format!("-m comment --comment {} ", text())
     }
 }
 

@@ -377,7 +377,7 @@ pub fn render_service_port(sp: &ServicePort, cfg: &RenderConfig) -> Fragment {
         f.chains.push(nat_chain(local_chain, svl_rules));
     }
 
-    let sep_comment = endpoint_comment(cfg, &name);
+    let sep_comment = endpoint_comment(cfg, || name.to_string());
     for ep in &cat.all_reachable {
         let sep = endpoint_chain(sp, ep);
         let mut rules = vec![format!(
@@ -420,13 +420,8 @@ fn endpoint_dispatch(
     rules: &mut Vec<String>,
 ) {
     let name = sp.name_string();
-    let comment = |ep: &Endpoint| {
-        if cfg.large_cluster {
-            String::new()
-        } else {
-            endpoint_comment(cfg, &q(format!("{name} -> {}", ep.addr_string())))
-        }
-    };
+    let comment =
+        |ep: &Endpoint| endpoint_comment(cfg, || q(format!("{name} -> {}", ep.addr_string())));
     if let Some(timeout) = sp.affinity_timeout {
         for ep in eps {
             let sep = endpoint_chain(sp, ep);
