@@ -194,6 +194,24 @@ fn legacy_iptables_backend_works_too() {
     lab.add_pod("pod0", 10, &[8080], &[]);
     lab.add_pod("pod1", 11, &[8080], &[]);
     lab.write("web.yaml", &(service("web", "{type: NodePort, clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}") + &slice("web-1", "web", "[{port: 8080}]", &[("10.244.1.10", NODE_NAME), ("10.244.1.11", NODE_NAME)])));
+    // Enough other Services that the first (one-payload) legacy sync is
+    // streamed into iptables-restore in pieces (past 256 KiB of nat text).
+    let others: String = (0..800)
+        .map(|i| {
+            let name = format!("other-{i}");
+            let ip = format!("10.97.{}.{}", i / 200, i % 200 + 1);
+            service(
+                &name,
+                &format!("{{clusterIP: {ip}, ports: [{{port: 80, targetPort: 8080}}]}}"),
+            ) + &slice(
+                &format!("{name}-1"),
+                &name,
+                "[{port: 8080}]",
+                &[("10.244.1.10", NODE_NAME)],
+            )
+        })
+        .collect();
+    lab.write("others.yaml", &others);
     lab.start_proxy(&["--iptables-backend", "legacy"]);
     let node = lab.node.clone();
     wait_until("ClusterIP answers", WAIT, || {
@@ -206,7 +224,17 @@ fn legacy_iptables_backend_works_too() {
     );
     let client = lab.client.clone();
     assert!(curl(&client, &format!("http://{NODE_IP}:30080/"), 2).is_ok());
-    assert!(lab.save(false, "nat").contains("test/web cluster IP"));
+    let nat = lab.save(false, "nat");
+    assert!(nat.contains("test/web cluster IP"));
+    let other_jumps = nat
+        .lines()
+        .filter(|l| l.starts_with("-A KUBE-SERVICES") && l.contains("test/other-"))
+        .count();
+    assert_eq!(other_jumps, 800, "every Service of the streamed payload");
+    assert!(
+        curl(&node, "http://10.97.3.200/", 2).is_ok(),
+        "the last one answers"
+    );
     assert!(lab.log().contains("legacy=true"), "{}", lab.log());
     lab.stop_proxy(false);
     let out = lab.in_ns(

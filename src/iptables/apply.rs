@@ -23,6 +23,12 @@ pub enum IptablesFlavor {
 pub trait Kernel: Send {
     /// `iptables-restore --noflush` the payload.
     fn restore(&mut self, family: Family, payload: &str) -> Result<()>;
+    /// Starts an `iptables-restore --noflush` whose payload arrives in
+    /// pieces; `None` (the default) when this kernel takes payloads whole
+    /// (the pieces are then collected and passed to [`Kernel::restore`]).
+    fn restore_begin(&mut self, _family: Family) -> Result<Option<Box<dyn RestoreInput>>> {
+        Ok(None)
+    }
     /// `iptables-save -t <table>`, one line at a time (the dump of a large
     /// table is tens of MB; the periodic checks need only a pass over it).
     fn save_each(&mut self, family: Family, table: Table, each: &mut dyn FnMut(&str))
@@ -35,6 +41,61 @@ pub trait Kernel: Send {
     fn available(&mut self, family: Family) -> bool;
     /// Legacy iptables rewrites the whole table on each restore.
     fn is_legacy(&mut self) -> bool;
+}
+
+/// A restore being fed: the payload's pieces, then its end.
+pub trait RestoreInput: Send {
+    fn write(&mut self, text: &str);
+    /// Writes the rest and waits for the result.
+    fn finish(self: Box<Self>, rest: &str) -> Result<()>;
+}
+
+/// A running `iptables-restore`.
+struct RestoreChild {
+    bin: String,
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    /// Lines of payload already written (those before `rest`).
+    streamed_lines: usize,
+    /// Why the payload could not be written whole.
+    write_error: Option<std::io::Error>,
+}
+
+impl RestoreInput for RestoreChild {
+    fn write(&mut self, text: &str) {
+        self.streamed_lines += text.matches('\n').count();
+        // A write fails when the process has stopped reading (it rejected
+        // a line); its exit status and message tell why, in finish().
+        if let Some(stdin) = &mut self.stdin {
+            if let Err(e) = stdin.write_all(text.as_bytes()) {
+                self.write_error = Some(e);
+                self.stdin = None;
+            }
+        }
+    }
+
+    fn finish(mut self: Box<Self>, rest: &str) -> Result<()> {
+        let bin = std::mem::take(&mut self.bin);
+        let streamed = self.streamed_lines;
+        if let Some(mut stdin) = self.stdin.take() {
+            if let Err(e) = stdin.write_all(rest.as_bytes()) {
+                self.write_error = Some(e);
+            }
+        }
+        let out = self.child.wait_with_output()?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            // The line, when it is in the part still at hand.
+            let line = failing_line_after(&stderr, rest, streamed)
+                .map(|l| format!(" (payload line: {l})"))
+                .unwrap_or_default();
+            bail!("{bin} failed ({}): {stderr}{line}", out.status);
+        }
+        match self.write_error {
+            Some(e) => Err(e).with_context(|| format!("writing payload to {bin}")),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Runs the real binaries.
@@ -64,6 +125,27 @@ impl SystemIptables {
         }
     }
 
+    fn spawn_restore(&self, family: Family) -> Result<Box<RestoreChild>> {
+        let bin = self.bin(family, "-restore");
+        let mut child = Command::new(&bin)
+            .arg("-w")
+            .arg(self.wait_seconds.to_string())
+            .arg("--noflush")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {bin}"))?;
+        let stdin = child.stdin.take();
+        Ok(Box::new(RestoreChild {
+            bin,
+            child,
+            stdin,
+            streamed_lines: 0,
+            write_error: None,
+        }))
+    }
+
     fn jump_cmd(&self, family: Family, op: &str, jump: &Jump) -> Command {
         let mut cmd = Command::new(self.bin(family, ""));
         cmd.arg("-w")
@@ -82,42 +164,27 @@ impl SystemIptables {
 
 /// Finds the payload line an iptables-restore error points at ("line N failed").
 pub fn failing_line<'a>(stderr: &str, payload: &'a str) -> Option<&'a str> {
+    failing_line_after(stderr, payload, 0)
+}
+
+/// [`failing_line`] when `payload` is what followed the first `skipped` lines.
+fn failing_line_after<'a>(stderr: &str, payload: &'a str, skipped: usize) -> Option<&'a str> {
     let idx = stderr.find("line ")?;
     let digits: String = stderr[idx + 5..]
         .chars()
         .take_while(|c| c.is_ascii_digit())
         .collect();
     let n: usize = digits.parse().ok()?;
-    payload.lines().nth(n.checked_sub(1)?)
+    payload.lines().nth(n.checked_sub(1 + skipped)?)
 }
 
 impl Kernel for SystemIptables {
     fn restore(&mut self, family: Family, payload: &str) -> Result<()> {
-        let bin = self.bin(family, "-restore");
-        let mut child = Command::new(&bin)
-            .arg("-w")
-            .arg(self.wait_seconds.to_string())
-            .arg("--noflush")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("running {bin}"))?;
-        child
-            .stdin
-            .take()
-            .expect("stdin is piped")
-            .write_all(payload.as_bytes())
-            .with_context(|| format!("writing payload to {bin}"))?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            let line = failing_line(&stderr, payload)
-                .map(|l| format!(" (payload line: {l})"))
-                .unwrap_or_default();
-            bail!("{bin} failed ({}): {stderr}{line}", out.status);
-        }
-        Ok(())
+        self.spawn_restore(family)?.finish(payload)
+    }
+
+    fn restore_begin(&mut self, family: Family) -> Result<Option<Box<dyn RestoreInput>>> {
+        Ok(Some(self.spawn_restore(family)?))
     }
 
     fn save_each(

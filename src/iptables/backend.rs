@@ -3,7 +3,7 @@
 use super::apply::{declared_chain, declared_chains_in, Kernel};
 use super::names::{self, is_service_chain, ChainName};
 use super::render::{jumps, RenderConfig, Table};
-use super::state::{Engine, Payload};
+use super::state::Engine;
 use crate::backend::{Backend, Ports, ScanJob, ScanResult, SyncStats, VerifyJob};
 use crate::model::{Family, ServicePortKey};
 use anyhow::Result;
@@ -87,32 +87,9 @@ impl Backend for IptablesBackend {
         let mut kernel = self.kernel.lock().unwrap();
         for engine in &mut self.engines {
             let family = engine.cfg.family;
-            // Each payload is restored and committed as soon as it is
-            // planned; after a failure the rest are only forgotten.
-            let mut failure: Option<anyhow::Error> = None;
-            let written = &self.written;
-            engine.plan_each(ports, changed, full, &mut |p: &Payload| {
-                if failure.is_some() {
-                    written.lock().unwrap().forget(family, p);
-                    return Some(false);
-                }
-                written.lock().unwrap().begin(family, p);
-                match kernel.restore(family, &p.text) {
-                    Ok(()) => {
-                        written.lock().unwrap().commit(family, p);
-                        stats.calls += 1;
-                        stats.lines += p.lines;
-                        stats.written += p.writes.len();
-                        stats.deleted += p.deletes.len();
-                        Some(true)
-                    }
-                    Err(e) => {
-                        written.lock().unwrap().forget(family, p);
-                        failure = Some(e);
-                        Some(false)
-                    }
-                }
-            });
+            let mut feed = super::feed::Feed::new(&mut **kernel, family, &self.written, &mut stats);
+            engine.plan_each(ports, changed, full, &mut feed);
+            let failure = feed.failure;
             if let Some(e) = failure {
                 return Err(e);
             }

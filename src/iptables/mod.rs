@@ -2,9 +2,11 @@
 
 pub mod apply;
 pub mod backend;
+mod feed;
 pub mod fixed;
 pub mod large;
 pub mod names;
+pub mod payload;
 pub mod render;
 pub mod state;
 pub mod written;

@@ -16,7 +16,8 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
-pub type ChainId = (Table, String);
+pub use super::payload::{ChainId, Payload, PayloadSink};
+use super::payload::{PayloadBuilder, STREAM_BYTES};
 
 /// What one service port last rendered to, kept small: hashes of its own
 /// (nat) chains, and its lines in the shared chains.
@@ -105,79 +106,6 @@ impl Applied {
     }
 }
 
-/// One `iptables-restore --noflush` input and what it changes once it succeeds.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Payload {
-    pub text: String,
-    pub lines: usize,
-    /// Chains written: id, hash of the rules, number of rules.
-    pub writes: Vec<(ChainId, u64, usize)>,
-    pub deletes: Vec<ChainId>,
-}
-
-#[derive(Default)]
-struct PayloadBuilder {
-    chains: BTreeMap<Table, Vec<Chain>>,
-    deletes: BTreeMap<Table, Vec<String>>,
-    lines: usize,
-    writes: Vec<(ChainId, u64, usize)>,
-    delete_ids: Vec<ChainId>,
-}
-
-impl PayloadBuilder {
-    fn write(&mut self, chain: Chain, hash: u64) {
-        self.lines += chain.rules.len() + 1;
-        self.writes
-            .push(((chain.table, chain.name.clone()), hash, chain.rules.len()));
-        self.chains.entry(chain.table).or_default().push(chain);
-    }
-
-    fn delete(&mut self, id: ChainId) {
-        self.lines += 2;
-        self.deletes.entry(id.0).or_default().push(id.1.clone());
-        self.delete_ids.push(id);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.writes.is_empty() && self.delete_ids.is_empty()
-    }
-
-    fn finish(self) -> Payload {
-        let mut text = String::new();
-        for table in [Table::Filter, Table::Nat] {
-            let chains = self.chains.get(&table).map(Vec::as_slice).unwrap_or(&[]);
-            let deletes = self.deletes.get(&table).map(Vec::as_slice).unwrap_or(&[]);
-            if chains.is_empty() && deletes.is_empty() {
-                continue;
-            }
-            text.push('*');
-            text.push_str(table.name());
-            text.push('\n');
-            for name in chains.iter().map(|c| &c.name).chain(deletes) {
-                text.push(':');
-                text.push_str(name);
-                text.push_str(" - [0:0]\n");
-            }
-            for rule in chains.iter().flat_map(|c| &c.rules) {
-                text.push_str(rule);
-                text.push('\n');
-            }
-            for name in deletes {
-                text.push_str("-X ");
-                text.push_str(name);
-                text.push('\n');
-            }
-            text.push_str("COMMIT\n");
-        }
-        Payload {
-            text,
-            lines: self.lines,
-            writes: self.writes,
-            deletes: self.delete_ids,
-        }
-    }
-}
-
 fn hash_rules(rules: &[String]) -> u64 {
     let mut h = DefaultHasher::new();
     rules.hash(&mut h);
@@ -253,26 +181,29 @@ impl Engine {
         full: bool,
     ) -> Vec<Payload> {
         let mut payloads = Vec::new();
-        self.plan_each(ports, changed, full, &mut |p| {
+        self.plan_each(ports, changed, full, &mut |p: &Payload| {
             payloads.push(p.clone());
             None
         });
         payloads
     }
 
-    /// Like [`Engine::plan`], but hands each payload to `emit` as soon as it
-    /// is complete, so a full sync holds one payload at a time (at 10,000
-    /// Services all payloads together are ~45 MB). `emit` answers whether
-    /// the payload reached the kernel (then it is committed) or failed (then
-    /// forgotten), or `None` to leave that to the caller.
+    /// Like [`Engine::plan`], but hands each payload to `sink` as soon as it
+    /// is complete (and, when the sink streams, the start of a large one
+    /// while it is being planned), so a full sync holds at most one payload
+    /// at a time. The sink answers whether the payload reached the kernel
+    /// (then it is committed) or failed (then forgotten), or `None` to leave
+    /// that to the caller.
     pub fn plan_each(
         &mut self,
         ports: &BTreeMap<ServicePortKey, ServicePort>,
         changed: &BTreeSet<ServicePortKey>,
         full: bool,
-        emit: &mut dyn FnMut(&Payload) -> Option<bool>,
+        sink: &mut dyn PayloadSink,
     ) {
-        let mut emit = |engine: &mut Engine, p: Payload| match emit(&p) {
+        let streams = sink.streams();
+        let emit = |engine: &mut Engine, sink: &mut dyn PayloadSink, p: Payload| match sink.done(&p)
+        {
             Some(true) => engine.commit(&p),
             Some(false) => engine.forget(&p),
             None => {}
@@ -320,6 +251,7 @@ impl Engine {
                 cur.write(chain, h);
             }
         }
+        cur.end_block();
 
         let mut shared_dirty = full;
         let mut deletes: Vec<ChainId> = Vec::new();
@@ -365,8 +297,13 @@ impl Engine {
                 }
             };
             self.summaries.insert(key, summary);
+            cur.end_block();
             if cur.lines >= self.max_payload_lines {
-                emit(self, std::mem::take(&mut cur).finish());
+                emit(self, sink, std::mem::take(&mut cur).finish());
+            } else if streams {
+                if let Some(text) = cur.streamable(STREAM_BYTES) {
+                    sink.stream(&text);
+                }
             }
         }
 
@@ -431,7 +368,7 @@ impl Engine {
             cur.delete(id);
         }
         if !cur.is_empty() {
-            emit(self, cur.finish());
+            emit(self, sink, cur.finish());
         }
     }
 

@@ -282,6 +282,26 @@ mod backend_with_fake_kernel {
         restores: Vec<String>,
         fail_next: usize,
         jumps_present: bool,
+        /// Take payloads in pieces, as the real applier does.
+        streaming: bool,
+        /// Pieces received before each payload's end.
+        pieces: Vec<usize>,
+    }
+
+    /// A payload arriving in pieces; handled as a whole at its end.
+    struct Pieces(Arc<Mutex<Log>>, String, usize);
+
+    impl crate::iptables::apply::RestoreInput for Pieces {
+        fn write(&mut self, text: &str) {
+            assert!(!text.contains("COMMIT"), "no COMMIT before the end");
+            self.1.push_str(text);
+            self.2 += 1;
+        }
+        fn finish(self: Box<Self>, rest: &str) -> anyhow::Result<()> {
+            let mut fake = Fake(self.0.clone());
+            fake.0.lock().unwrap().pieces.push(self.2);
+            fake.restore(Family::V4, &(self.1 + rest))
+        }
     }
 
     struct Fake(Arc<Mutex<Log>>);
@@ -338,6 +358,16 @@ mod backend_with_fake_kernel {
             l.restores.push(payload.to_string());
             Ok(())
         }
+        fn restore_begin(
+            &mut self,
+            _: Family,
+        ) -> anyhow::Result<Option<Box<dyn crate::iptables::apply::RestoreInput>>> {
+            let streaming = self.0.lock().unwrap().streaming;
+            Ok(streaming.then(|| {
+                Box::new(Pieces(self.0.clone(), String::new(), 0))
+                    as Box<dyn crate::iptables::apply::RestoreInput>
+            }))
+        }
         fn save_each(
             &mut self,
             f: Family,
@@ -365,12 +395,48 @@ mod backend_with_fake_kernel {
     }
 
     fn backend(log: &Arc<Mutex<Log>>) -> IptablesBackend {
+        backend_lines(log, None)
+    }
+
+    fn backend_lines(log: &Arc<Mutex<Log>>, max_lines: Option<usize>) -> IptablesBackend {
         let l = log.clone();
         IptablesBackend::new(
             Arc::new(move || Box::new(Fake(l.clone())) as Box<dyn Kernel>),
             vec![RenderConfig::new(Family::V4), RenderConfig::new(Family::V6)],
-            None,
+            max_lines,
         )
+    }
+
+    #[test]
+    fn one_large_payload_goes_out_in_pieces_and_a_failed_one_is_forgotten() {
+        // As with legacy iptables: the whole table in one payload.
+        let ports = ports_map((0..1500).map(|i| service_n(i, 2)).collect());
+        let all: BTreeSet<_> = ports.keys().cloned().collect();
+        let whole = Arc::new(Mutex::new(Log::default()));
+        backend_lines(&whole, Some(usize::MAX))
+            .sync(&ports, &all, true)
+            .unwrap();
+        let streamed = Arc::new(Mutex::new(Log {
+            streaming: true,
+            ..Default::default()
+        }));
+        let mut b = backend_lines(&streamed, Some(usize::MAX));
+        let stats = b.sync(&ports, &all, true).unwrap();
+        assert_eq!(stats.calls, 1);
+        {
+            let (w, s) = (whole.lock().unwrap(), streamed.lock().unwrap());
+            assert_eq!(s.pieces.len(), 1);
+            assert!(s.pieces[0] > 2, "{:?}", s.pieces);
+            assert_eq!(s.restores, w.restores, "the same text, in pieces");
+        }
+        // The next full sync fails at its end: nothing is committed, and
+        // the one after rewrites everything.
+        streamed.lock().unwrap().fail_next = 1;
+        assert!(b.sync(&ports, &BTreeSet::new(), true).is_err());
+        assert_eq!(streamed.lock().unwrap().restores.len(), 1);
+        let stats = b.sync(&ports, &BTreeSet::new(), false).unwrap();
+        assert!(stats.written >= 1500 * 3, "every chain again: {stats:?}");
+        assert_eq!(streamed.lock().unwrap().restores.len(), 2);
     }
 
     #[test]
