@@ -16,9 +16,15 @@ Per proxy x size it measures, from outside the proxy:
                     exist, so each jump proves its KUBE-SVC chain and what that
                     jumps to are in place). A full `iptables-save` costs ~1.5 s
                     at 10,000 Services and would blur the figure.
-  latency_ms p50/p99  EndpointSlice PATCH accepted by the API server -> the new
+  latency_ms p50/p99  EndpointSlice PUT sent to the API server -> the new
                     endpoint's rule is in the kernel (`iptables -t nat -S <its
-                    KUBE-SVC chain>`, polled every 5 ms), over --changes changes
+                    KUBE-SVC chain>`, polled every 5 ms), over --changes changes.
+                    With --iptables legacy that poll reads the whole table under
+                    the xtables lock (0.2 s at 10,000 Services) and so delays
+                    the restore it waits for; there the slice is cut to the new
+                    endpoint alone and the change is seen by traffic: a new TCP
+                    connection to the VIP every 2 ms, which only the new
+                    endpoint (an address on lo with a listener) accepts
   floor_ms p50/p99  bare `iptables-restore --noflush` of one rewritten KUBE-SVC
                     chain and its KUBE-SEP chains at that size (the physical floor)
   cpu_s_per_1000_changes  CPU seconds the proxy used during the changes, x 1000/changes
@@ -208,6 +214,52 @@ def floor_ms(netns, flavor, chain, i, m, large, reps=10):
 RUNS = [0]
 
 
+def route_for_vips(netns):
+    """A route for the Service IPs (the namespace has only lo): a veth pair
+    inside the namespace carries the default route; DNAT then turns the
+    packet around to a local listener (traffic to other endpoints goes
+    nowhere: nothing answers ARP for the gateway)."""
+    if "kprsfp0" in sh(["ip", "-n", netns, "link"]):
+        return
+    for cmd in (["link", "add", "kprsfp0", "type", "veth", "peer", "name", "kprsfp1"],
+                ["link", "set", "kprsfp0", "up"], ["link", "set", "kprsfp1", "up"],
+                ["addr", "add", "10.253.0.1/30", "dev", "kprsfp0"],
+                ["route", "replace", "default", "via", "10.253.0.2", "dev", "kprsfp0", "onlink"]):
+        sh(["ip", "-n", netns] + cmd)
+
+
+# Legacy detection by traffic: new connections to the VIP every 2 ms; only
+# the new endpoint (bound on lo, with a listener) accepts, the old ones are
+# unreachable. Prints "armed" after the first failed try, "found" on success.
+TRAFFIC_PROBE = """
+import socket, sys, time
+vip, end = sys.argv[1], time.monotonic() + float(sys.argv[2])
+def once():
+    s = socket.socket(); s.settimeout(0.002)
+    try:
+        s.connect((vip, 80)); return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+if once():
+    print("present", flush=True); sys.exit()
+print("armed", flush=True)
+while time.monotonic() < end:
+    if once():
+        print("found", flush=True); sys.exit()
+print("timeout", flush=True)
+"""
+
+LISTENER = ("import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+            "s.bind((\"\",8080));s.listen(512)\nwhile True:\n c,_=s.accept();c.close()")
+
+
+def vip_of(save, i):
+    line = re.search(rf'^-A KUBE-SERVICES .*"{NS}/svc-{i}:http cluster IP".*$', save, re.M).group(0)
+    return re.search(r"-d (\S+?)(/32)? ", line).group(1)
+
+
 def first_packet(netns, flavor, api, n, reps=300):
     """Median connect time to the Service first in KUBE-SERVICES and to the
     last one, both sent to one listener at 10.254.0.1:8080 in the namespace."""
@@ -217,15 +269,8 @@ def first_packet(netns, flavor, api, n, reps=300):
         m_ = re.search(rf'{NS}/svc-(\d+):http cluster IP', line)
         vip = re.search(r"-d (\S+?)(/32)? ", line).group(1)
         picks[where] = (int(m_.group(1)), vip)
-    # A route for the Service IPs (the namespace has only lo): a veth pair
-    # inside the namespace carries the default route; DNAT then turns the
-    # packet around to the local listener.
-    for cmd in (["link", "add", "kprsfp0", "type", "veth", "peer", "name", "kprsfp1"],
-                ["link", "set", "kprsfp0", "up"], ["link", "set", "kprsfp1", "up"],
-                ["addr", "add", "10.253.0.1/30", "dev", "kprsfp0"],
-                ["route", "replace", "default", "via", "10.253.0.2", "dev", "kprsfp0", "onlink"],
-                ["addr", "replace", "10.254.0.1/32", "dev", "lo"]):
-        sh(["ip", "-n", netns] + cmd)
+    route_for_vips(netns)
+    sh(["ip", "-n", netns, "addr", "replace", "10.254.0.1/32", "dev", "lo"])
     server = subprocess.Popen(
         ["ip", "netns", "exec", netns, sys.executable, "-c",
          "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
@@ -289,6 +334,11 @@ def run_one(which, n, m, changes, api, kubeconfig, flavor, workdir, limit):
         time.sleep(3)
         # Programming latency: replace one endpoint of service i, wait for it.
         lat = []
+        by_traffic = flavor == "legacy"
+        listener = None
+        if by_traffic:
+            route_for_vips(netns)
+            listener = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", LISTENER])
         _, cpu0 = proc(p.pid)
         for k in range(changes):
             i = (k * 7919) % n
@@ -299,17 +349,40 @@ def run_one(which, n, m, changes, api, kubeconfig, flavor, workdir, limit):
             path = f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices/svc-{i}-abcde"
             sl = api.call("GET", path)
             sl["endpoints"][0]["addresses"] = [new_ip]
-            # Upstream leaves comments out past 1,000 endpoints, so the change
-            # is seen as a new set of KUBE-SEP jumps in the service's chain.
-            before = sep_targets(netns, flavor, chain)
-            t = time.monotonic()
-            api.call("PUT", path, sl)
-            while time.monotonic() - t < 60:
-                if sep_targets(netns, flavor, chain) != before:
-                    break
-                time.sleep(0.005)
-            lat.append((time.monotonic() - t) * 1000)
+            if by_traffic:
+                # iptables-legacy: `iptables -S <chain>` reads and parses the
+                # whole table (0.2 s at 10,000 Services) under the xtables
+                # lock, so polling with it delays the very restore it waits
+                # for. Instead the slice keeps only the new endpoint and new
+                # connections to the VIP show when the rule takes traffic.
+                # Legacy rewrites the whole table per restore either way.
+                sl["endpoints"] = sl["endpoints"][:1]
+                sh(["ip", "-n", netns, "addr", "add", f"{new_ip}/32", "dev", "lo"])
+                probe = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", TRAFFIC_PROBE,
+                                          vip_of(save, i), "60"], stdout=subprocess.PIPE, text=True)
+                armed = probe.stdout.readline().strip()
+                if armed != "armed":
+                    raise RuntimeError(f"traffic probe for svc-{i}: {armed!r}")
+                t = time.monotonic()
+                api.call("PUT", path, sl)
+                probe.stdout.readline()
+                lat.append((time.monotonic() - t) * 1000)
+                probe.wait()
+            else:
+                # Upstream leaves comments out past 1,000 endpoints, so the change
+                # is seen as a new set of KUBE-SEP jumps in the service's chain.
+                before = sep_targets(netns, flavor, chain)
+                t = time.monotonic()
+                api.call("PUT", path, sl)
+                while time.monotonic() - t < 60:
+                    if sep_targets(netns, flavor, chain) != before:
+                        break
+                    time.sleep(0.005)
+                lat.append((time.monotonic() - t) * 1000)
             time.sleep(0.2)
+        if listener is not None:
+            listener.kill()
+            listener.wait()
         rss, cpu1 = proc(p.pid)
         rec["latency_p50_ms"] = round(percentile(lat, 50), 1)
         rec["latency_p99_ms"] = round(percentile(lat, 99), 1)

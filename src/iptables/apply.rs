@@ -33,6 +33,8 @@ pub trait Kernel: Send {
     /// table is tens of MB; the periodic checks need only a pass over it).
     fn save_each(&mut self, family: Family, table: Table, each: &mut dyn FnMut(&str))
         -> Result<()>;
+    /// Whether a jump rule exists (`iptables -C`).
+    fn has_jump(&mut self, family: Family, jump: &Jump) -> Result<bool>;
     /// Makes sure a jump rule exists; true when it had to be inserted.
     fn ensure_jump(&mut self, family: Family, jump: &Jump) -> Result<bool>;
     /// Removes a jump rule if present.
@@ -239,9 +241,12 @@ impl Kernel for SystemIptables {
         Ok(())
     }
 
+    fn has_jump(&mut self, family: Family, jump: &Jump) -> Result<bool> {
+        Ok(self.jump_cmd(family, "-C", jump).output()?.status.success())
+    }
+
     fn ensure_jump(&mut self, family: Family, jump: &Jump) -> Result<bool> {
-        let check = self.jump_cmd(family, "-C", jump).output()?;
-        if check.status.success() {
+        if self.has_jump(family, jump)? {
             return Ok(false);
         }
         let ins = self.jump_cmd(family, "-I", jump).output()?;
@@ -372,23 +377,7 @@ pub fn repair_jumps(kernel: &mut dyn Kernel, family: Family, jumps: &[Jump]) -> 
 pub fn describe_jumps(tool: &str, jumps: &[Jump]) -> String {
     let mut out = format!("# jumps ensured in built-in chains ({tool} -t TABLE -I CHAIN ...):\n");
     for j in jumps {
-        let args: Vec<String> = j
-            .args
-            .iter()
-            .map(|a| {
-                if a.contains(' ') {
-                    format!("\"{a}\"")
-                } else {
-                    a.clone()
-                }
-            })
-            .collect();
-        out.push_str(&format!(
-            "#   -t {} -I {} {}\n",
-            j.table.name(),
-            j.from,
-            args.join(" ")
-        ));
+        out.push_str(&format!("#   -t {} {}\n", j.table.name(), j.insert_line()));
     }
     out
 }

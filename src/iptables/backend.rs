@@ -87,16 +87,21 @@ impl Backend for IptablesBackend {
         let mut kernel = self.kernel.lock().unwrap();
         for engine in &mut self.engines {
             let family = engine.cfg.family;
+            if full {
+                // Checked before the payloads, while a cold node's tables
+                // are still small; the missing ones go in with the chains.
+                let mut missing = Vec::new();
+                for j in jumps() {
+                    if !kernel.has_jump(family, &j)? {
+                        missing.push(j);
+                    }
+                }
+                engine.queue_jumps(missing);
+            }
             let mut feed = super::feed::Feed::new(&mut **kernel, family, &self.written, &mut stats);
             engine.plan_each(ports, changed, full, &mut feed);
-            let failure = feed.failure;
-            if let Some(e) = failure {
+            if let Some(e) = feed.failure {
                 return Err(e);
-            }
-            if full {
-                for j in jumps() {
-                    kernel.ensure_jump(family, &j)?;
-                }
             }
         }
         let mut totals: std::collections::BTreeMap<&str, usize> = Default::default();

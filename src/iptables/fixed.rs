@@ -95,6 +95,26 @@ pub struct Jump {
     pub args: Vec<String>,
 }
 
+impl Jump {
+    /// `-I CHAIN args...` as iptables-restore reads it (arguments with
+    /// spaces quoted; they come from the fixed list below, never from
+    /// objects).
+    pub fn insert_line(&self) -> String {
+        let mut line = format!("-I {}", self.from);
+        for a in &self.args {
+            line.push(' ');
+            if a.contains(' ') {
+                line.push('"');
+                line.push_str(a);
+                line.push('"');
+            } else {
+                line.push_str(a);
+            }
+        }
+        line
+    }
+}
+
 /// The jumps into our chains from the built-in chains, as upstream installs them.
 pub fn jumps() -> Vec<Jump> {
     let new = ["-m", "conntrack", "--ctstate", "NEW"];

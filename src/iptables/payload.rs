@@ -66,6 +66,8 @@ struct Section {
     /// Deleted chains: flushed (declared), then `-X`.
     delete_decls: String,
     deletes: String,
+    /// `-I` lines into built-in chains, last (they jump to chains above).
+    inserts: String,
 }
 
 fn declare(out: &mut String, name: &str) {
@@ -102,6 +104,10 @@ impl Section {
             self.text.push_str(&self.delete_decls);
             self.text.push_str(&self.deletes);
         }
+        if !self.inserts.is_empty() {
+            self.header(table);
+            self.text.push_str(&self.inserts);
+        }
         if self.started {
             self.text.push_str("COMMIT\n");
         }
@@ -116,6 +122,7 @@ pub(super) struct PayloadBuilder {
     pub lines: usize,
     writes: Vec<(ChainId, u64, usize)>,
     delete_ids: Vec<ChainId>,
+    inserts: usize,
 }
 
 impl PayloadBuilder {
@@ -156,8 +163,18 @@ impl PayloadBuilder {
         self.delete_ids.push(id);
     }
 
+    /// Adds a rule to a built-in chain (`-I CHAIN ...`) at the end of the
+    /// table's section.
+    pub fn insert(&mut self, table: Table, line: &str) {
+        self.lines += 1;
+        self.inserts += 1;
+        let s = self.section(table);
+        s.inserts.push_str(line);
+        s.inserts.push('\n');
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.writes.is_empty() && self.delete_ids.is_empty()
+        self.writes.is_empty() && self.delete_ids.is_empty() && self.inserts == 0
     }
 
     /// The complete nat blocks, once they are at least `min` bytes: they
@@ -216,6 +233,7 @@ mod tests {
         );
         b.end_block();
         b.delete((Table::Nat, "KUBE-SEP-OLD".into()));
+        b.insert(Table::Nat, "-I OUTPUT -j KUBE-SVC-A");
         let p = b.finish();
         assert_eq!(
             p.text,
@@ -228,24 +246,33 @@ mod tests {
              -A KUBE-SEP-A -j DNAT\n\
              :KUBE-SEP-OLD - [0:0]\n\
              -X KUBE-SEP-OLD\n\
+             -I OUTPUT -j KUBE-SVC-A\n\
              COMMIT\n\
              *filter\n\
              :KUBE-FORWARD - [0:0]\n\
              -A KUBE-FORWARD -j ACCEPT\n\
              COMMIT\n"
         );
-        assert_eq!(p.lines, 4 * 2 + 2);
+        assert_eq!(p.lines, 4 * 2 + 2 + 1);
         assert_eq!(p.writes.len(), 4);
         assert_eq!(p.deletes, vec![(Table::Nat, "KUBE-SEP-OLD".to_string())]);
     }
 
     #[test]
-    fn a_section_with_only_deletes_has_its_header_and_commit() {
+    fn a_section_with_only_deletes_or_inserts_has_its_header_and_commit() {
         let mut b = PayloadBuilder::default();
         b.delete((Table::Filter, "KUBE-X".into()));
         assert_eq!(
             b.finish().text,
             "*filter\n:KUBE-X - [0:0]\n-X KUBE-X\nCOMMIT\n"
+        );
+        let mut b = PayloadBuilder::default();
+        assert!(b.is_empty());
+        b.insert(Table::Nat, "-I PREROUTING -j KUBE-SERVICES");
+        assert!(!b.is_empty());
+        assert_eq!(
+            b.finish().text,
+            "*nat\n-I PREROUTING -j KUBE-SERVICES\nCOMMIT\n"
         );
     }
 

@@ -126,6 +126,8 @@ pub struct Engine {
     stale: BTreeSet<ChainId>,
     /// A payload failed: the next plan rewrites everything.
     force_full: bool,
+    /// Jumps from built-in chains to write with the next plan's last payload.
+    jumps: Vec<super::fixed::Jump>,
 }
 
 impl Engine {
@@ -138,6 +140,7 @@ impl Engine {
             rule_counts: BTreeMap::new(),
             stale: BTreeSet::new(),
             force_full: false,
+            jumps: Vec::new(),
         }
     }
 
@@ -164,6 +167,14 @@ impl Engine {
                 self.stale.insert(id);
             }
         }
+    }
+
+    /// Jumps into our chains that the kernel lacks: the next plan inserts
+    /// them in its last payload, after the chains they jump to. (Inserting
+    /// each with its own `iptables -I` after a full sync cost ~0.6 s apiece
+    /// with legacy iptables at 10,000 Services: each rewrites the table.)
+    pub fn queue_jumps(&mut self, jumps: Vec<super::fixed::Jump>) {
+        self.jumps = jumps;
     }
 
     pub fn has_stale(&self) -> bool {
@@ -366,6 +377,9 @@ impl Engine {
         deletes.dedup();
         for id in deletes {
             cur.delete(id);
+        }
+        for j in std::mem::take(&mut self.jumps) {
+            cur.insert(j.table, &j.insert_line());
         }
         if !cur.is_empty() {
             emit(self, sink, cur.finish());

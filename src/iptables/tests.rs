@@ -377,6 +377,9 @@ mod backend_with_fake_kernel {
             self.dump(f, table).lines().for_each(each);
             Ok(())
         }
+        fn has_jump(&mut self, _: Family, _: &Jump) -> anyhow::Result<bool> {
+            Ok(self.0.lock().unwrap().jumps_present)
+        }
         fn ensure_jump(&mut self, _: Family, _: &Jump) -> anyhow::Result<bool> {
             let mut l = self.0.lock().unwrap();
             let missing = !l.jumps_present;
@@ -405,6 +408,28 @@ mod backend_with_fake_kernel {
             vec![RenderConfig::new(Family::V4), RenderConfig::new(Family::V6)],
             max_lines,
         )
+    }
+
+    #[test]
+    fn missing_jumps_go_in_with_the_chains_of_a_full_sync() {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let mut b = backend(&log);
+        let ports = ports_map(vec![service_n(0, 1)]);
+        let all: BTreeSet<_> = ports.keys().cloned().collect();
+        b.sync(&ports, &all, true).unwrap();
+        let last = log.lock().unwrap().restores.last().unwrap().clone();
+        let nat = &last[..last.find("*filter").unwrap()];
+        let declared = nat.find(":KUBE-SERVICES - [0:0]").unwrap();
+        let jump = nat
+            .find("-I PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES")
+            .unwrap_or_else(|| panic!("{nat}"));
+        assert!(declared < jump, "the chain first: {nat}");
+        assert!(last.contains("-I FORWARD "), "{last}");
+        // Present: nothing inserted, on a full sync or any other.
+        log.lock().unwrap().jumps_present = true;
+        b.sync(&ports, &BTreeSet::new(), true).unwrap();
+        let last = log.lock().unwrap().restores.last().unwrap().clone();
+        assert!(!last.contains("-I "), "{last}");
     }
 
     #[test]

@@ -136,6 +136,14 @@ impl Kernel for FakeIpt {
         chains.iter().for_each(|c| each(&format!(":{c} - [0:0]")));
         Ok(())
     }
+    fn has_jump(&mut self, _f: Family, j: &Jump) -> Result<bool> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .jumps
+            .contains(&format!("{} {}", j.from, j.args.join(" "))))
+    }
     fn ensure_jump(&mut self, _f: Family, j: &Jump) -> Result<bool> {
         Ok(self
             .0
