@@ -2,6 +2,7 @@
 
 use super::apply::{declared_chain, declared_chains_in, Kernel};
 use super::names::{self, is_service_chain, ChainName};
+use super::payload::PayloadSize;
 use super::render::{jumps, RenderConfig, Table};
 use super::state::Engine;
 use crate::backend::{Backend, Ports, ScanJob, ScanResult, SyncStats, VerifyJob};
@@ -10,11 +11,22 @@ use anyhow::Result;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-/// Lines per restore payload with iptables-nft. Measured cold start at 10,000
-/// services x 5 endpoints (230k lines) on the project machine: 5000 lines per
-/// call 15.6 s, 2500 12.1 s, 1200 10.6 s, 600 14.1 s, 300 15.9 s (one payload:
-/// see README). Bigger calls grow superlinearly; smaller ones pay per-call costs.
-pub const NFT_PAYLOAD_LINES: usize = 1200;
+/// Lines per restore payload with iptables-nft at 10,000 service ports; the
+/// size grows with the square root of the model (see [`nft_payload_lines`]).
+/// Each call costs time quadratic in its own size, and also fetches the
+/// table's chain list, which grows with the table: small payloads pay that
+/// fetch too often in a large table, big ones pay the quadratic term.
+/// Measured first full sync, via the API server on the project machine:
+/// 10,000 x 5 endpoints (220k lines): 1200 lines per call 4.1 s, 2500
+/// 4.0 s, 3500 4.1 s, 5000 4.0 s (flat); 30,000 x 5 (660k lines): 1200 31.2 s,
+/// 2100 24.8 s, 3000 21.6 s, 5000 20.3 s, 8000 20.3 s.
+pub const NFT_PAYLOAD_LINES: usize = 2500;
+
+/// Payload lines with iptables-nft for a model of `service_ports`.
+pub fn nft_payload_lines(service_ports: usize) -> usize {
+    let scale = (service_ports as f64 / 10_000.0).sqrt();
+    ((NFT_PAYLOAD_LINES as f64 * scale) as usize).clamp(1200, 8000)
+}
 
 /// Builds a fresh kernel handle for background scans.
 pub type KernelFactory = Arc<dyn Fn() -> Box<dyn Kernel> + Send + Sync>;
@@ -33,7 +45,7 @@ impl IptablesBackend {
     /// `configs`: one render config per family to program (families whose
     /// tools do not work on this host are dropped with a warning).
     /// `max_lines` overrides the payload size (default: one payload with
-    /// legacy iptables, [`NFT_PAYLOAD_LINES`] with iptables-nft).
+    /// legacy iptables, [`nft_payload_lines`] with iptables-nft).
     pub fn new(
         factory: KernelFactory,
         configs: Vec<RenderConfig>,
@@ -41,16 +53,16 @@ impl IptablesBackend {
     ) -> Self {
         let mut kernel = factory();
         let legacy = kernel.is_legacy();
-        let max_lines = max_lines.unwrap_or(if legacy {
-            usize::MAX
-        } else {
-            NFT_PAYLOAD_LINES
-        });
-        tracing::info!(legacy, max_payload_lines = max_lines, "iptables backend");
+        let size = match max_lines {
+            Some(n) => PayloadSize::Fixed(n),
+            None if legacy => PayloadSize::Fixed(usize::MAX),
+            None => PayloadSize::Scaled(nft_payload_lines),
+        };
+        tracing::info!(legacy, payload_lines = ?size, "iptables backend");
         let mut engines = Vec::new();
         for cfg in configs {
             if kernel.available(cfg.family) {
-                engines.push(Engine::new(cfg, max_lines));
+                engines.push(Engine::with_payload_size(cfg, size));
             } else {
                 tracing::warn!(family = ?cfg.family, "iptables tools for this family do not work here; family not programmed");
             }

@@ -50,6 +50,39 @@ impl<F: FnMut(&Payload) -> Option<bool>> PayloadSink for F {
     }
 }
 
+/// How many lines a payload may have before the next one starts.
+#[derive(Clone, Copy)]
+pub enum PayloadSize {
+    Fixed(usize),
+    /// A function of the number of service ports in the model.
+    Scaled(fn(usize) -> usize),
+}
+
+impl PayloadSize {
+    pub fn lines(self, service_ports: usize) -> usize {
+        match self {
+            PayloadSize::Fixed(n) => n,
+            PayloadSize::Scaled(f) => f(service_ports),
+        }
+    }
+}
+
+impl std::fmt::Debug for PayloadSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PayloadSize::Fixed(usize::MAX) => write!(f, "one payload"),
+            PayloadSize::Fixed(n) => write!(f, "{n}"),
+            PayloadSize::Scaled(l) => write!(
+                f,
+                "scaled with the model ({} at 1,000 service ports, {} at 10,000, {} at 30,000)",
+                l(1000),
+                l(10_000),
+                l(30_000)
+            ),
+        }
+    }
+}
+
 /// Streamed pieces are at least this large (fewer, larger pipe writes).
 pub const STREAM_BYTES: usize = 256 * 1024;
 

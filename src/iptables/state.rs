@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
 pub use super::payload::{ChainId, Payload, PayloadSink};
-use super::payload::{PayloadBuilder, STREAM_BYTES};
+use super::payload::{PayloadBuilder, PayloadSize, STREAM_BYTES};
 
 /// What one service port last rendered to, kept small: hashes of its own
 /// (nat) chains, and its lines in the shared chains.
@@ -116,8 +116,8 @@ fn hash_rules(rules: &[String]) -> u64 {
 /// and what each service port contributes.
 pub struct Engine {
     pub cfg: RenderConfig,
-    /// Most lines in one restore payload (`usize::MAX`: one payload).
-    pub max_payload_lines: usize,
+    /// Most lines in one restore payload.
+    pub payload_size: PayloadSize,
     summaries: BTreeMap<ServicePortKey, Summary>,
     applied: Applied,
     /// Rules per table as last written (for metrics).
@@ -131,10 +131,15 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// `max_payload_lines`: `usize::MAX` for one payload per sync.
     pub fn new(cfg: RenderConfig, max_payload_lines: usize) -> Self {
+        Self::with_payload_size(cfg, PayloadSize::Fixed(max_payload_lines))
+    }
+
+    pub fn with_payload_size(cfg: RenderConfig, payload_size: PayloadSize) -> Self {
         Engine {
             cfg,
-            max_payload_lines,
+            payload_size,
             summaries: BTreeMap::new(),
             applied: Applied::default(),
             rule_counts: BTreeMap::new(),
@@ -255,6 +260,7 @@ impl Engine {
             changed.iter().filter(|k| k.family == family).collect()
         };
 
+        let max_lines = self.payload_size.lines(ports.len());
         let mut cur = PayloadBuilder::default();
         for chain in render_fixed(&self.cfg) {
             let h = hash_rules(&chain.rules);
@@ -309,7 +315,7 @@ impl Engine {
             };
             self.summaries.insert(key, summary);
             cur.end_block();
-            if cur.lines >= self.max_payload_lines {
+            if cur.lines >= max_lines {
                 emit(self, sink, std::mem::take(&mut cur).finish());
             } else if streams {
                 if let Some(text) = cur.streamable(STREAM_BYTES) {

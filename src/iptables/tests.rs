@@ -562,3 +562,13 @@ fn every_jump_target_exists_for_all_policy_combinations() {
         }
     }
 }
+
+#[test]
+fn nft_payloads_grow_with_the_square_root_of_the_model() {
+    use super::backend::nft_payload_lines;
+    assert_eq!(nft_payload_lines(0), 1200);
+    assert_eq!(nft_payload_lines(1000), 1200);
+    assert_eq!(nft_payload_lines(10_000), 2500);
+    assert_eq!(nft_payload_lines(30_000), 4330);
+    assert_eq!(nft_payload_lines(1_000_000), 8000);
+}
