@@ -8,7 +8,7 @@
 //! the real pipeline twice:
 //!
 //! * the daemon's path: `source::Store` -> `sync::model::ModelCache` ->
-//!   `iptables::render::render_full` for each `run::render_configs` config;
+//!   `iptables::state::render_full` (the engine's own payload) for each `run::render_configs` config;
 //! * the `render` command's path: the objects written as YAML into a tempdir
 //!   and read back by `run::render_text`, whose payload lines must equal the
 //!   daemon path's.
@@ -40,7 +40,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_proxy_rs::cli::{Cli, Settings};
 use kube_proxy_rs::iptables::large::{is_large, total_endpoints};
 use kube_proxy_rs::iptables::names::{self, endpoint_chain, ServiceChains};
-use kube_proxy_rs::iptables::render::render_full;
+use kube_proxy_rs::iptables::state::render_full;
 use kube_proxy_rs::iptables::RenderConfig;
 use kube_proxy_rs::model::{Family, NodeContext, ServicePort};
 use kube_proxy_rs::source::{Store, Update};

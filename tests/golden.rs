@@ -166,7 +166,7 @@ fn golden_large_cluster_mode() {
     assert_eq!(bulk_chains.len(), 1000);
     let svc = text
         .lines()
-        .find(|l| l.contains("\"bulk/many:http cluster IP\""))
+        .find(|l| l.starts_with("-A KUBE-SERVICES ") && l.contains("\"bulk/many:http cluster IP\""))
         .and_then(|l| l.split(" -j ").nth(1))
         .unwrap();
     let bulk_rules = text.lines().filter(|l| {

@@ -59,12 +59,25 @@ struct RestoreChild {
     stdin: Option<std::process::ChildStdin>,
     /// Lines of payload already written (those before `rest`).
     streamed_lines: usize,
+    /// The last pieces written, with the number of lines before each: the
+    /// line a rejection names is in one of them or in the rest (the process
+    /// stops reading at the line it rejects, and the pipe holds less than a
+    /// piece).
+    recent: std::collections::VecDeque<(usize, String)>,
     /// Why the payload could not be written whole.
     write_error: Option<std::io::Error>,
 }
 
+/// Pieces kept by [`RestoreChild`] for error messages.
+const RECENT_PIECES: usize = 2;
+
 impl RestoreInput for RestoreChild {
     fn write(&mut self, text: &str) {
+        if self.recent.len() == RECENT_PIECES {
+            self.recent.pop_front();
+        }
+        self.recent
+            .push_back((self.streamed_lines, text.to_string()));
         self.streamed_lines += text.matches('\n').count();
         // A write fails when the process has stopped reading (it rejected
         // a line); its exit status and message tell why, in finish().
@@ -87,8 +100,9 @@ impl RestoreInput for RestoreChild {
         let out = self.child.wait_with_output()?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            // The line, when it is in the part still at hand.
-            let line = failing_line_after(&stderr, rest, streamed)
+            let line = std::iter::once((streamed, rest))
+                .chain(self.recent.iter().map(|(n, t)| (*n, t.as_str())))
+                .find_map(|(before, text)| failing_line_after(&stderr, text, before))
                 .map(|l| format!(" (payload line: {l})"))
                 .unwrap_or_default();
             bail!("{bin} failed ({}): {stderr}{line}", out.status);
@@ -144,6 +158,7 @@ impl SystemIptables {
             child,
             stdin,
             streamed_lines: 0,
+            recent: Default::default(),
             write_error: None,
         }))
     }
@@ -394,6 +409,47 @@ mod tests {
             Some("-A A -j NOPE")
         );
         assert_eq!(failing_line("something else", payload), None);
+    }
+
+    /// A stand-in for iptables-restore that reads `lines` lines, rejects the last.
+    fn rejecting(lines: usize) -> Box<RestoreChild> {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "head -n {lines} >/dev/null; echo 'fake-restore: line {lines} failed' >&2; exit 2"
+            ))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        Box::new(RestoreChild {
+            bin: "fake-restore".into(),
+            child,
+            stdin,
+            streamed_lines: 0,
+            recent: Default::default(),
+            write_error: None,
+        })
+    }
+
+    #[test]
+    fn a_rejected_streamed_line_is_named() {
+        for (rejected, want) in [(3, "c"), (6, "f"), (7, "g"), (1, "")] {
+            let mut input = rejecting(rejected);
+            input.write("a\nb\n");
+            input.write("c\nd\n");
+            input.write("e\nf\n");
+            let err = format!("{:#}", input.finish("g\nCOMMIT\n").unwrap_err());
+            assert!(err.contains(&format!("line {rejected} failed")), "{err}");
+            if want.is_empty() {
+                // Line 1 was in a piece no longer kept: only the message.
+                assert!(!err.contains("payload line"), "{err}");
+            } else {
+                assert!(err.ends_with(&format!("(payload line: {want})")), "{err}");
+            }
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! `iptables-save` reads the same and a node's rules can be taken over in place.
 
 pub use super::fixed::{jumps, render_fixed, shared_tail, Jump};
-use super::large::{endpoint_comment, is_large, total_endpoints};
+use super::large::endpoint_comment;
 use super::names::*;
 use crate::model::{categorize, Endpoint, Family, ServicePort};
 use ipnet::IpNet;
@@ -444,62 +444,4 @@ fn endpoint_dispatch(
             rules.push(format!("-A {chain} {c}-j {sep}"));
         }
     }
-}
-
-/// Renders a complete iptables-restore payload for a set of service ports of
-/// `cfg.family` (what `render` prints and what a full sync writes, before
-/// splitting). Large cluster mode is decided from `ports`, as a sync decides
-/// it; `cfg.large_cluster` is not read.
-pub fn render_full(ports: &[&ServicePort], cfg: &RenderConfig) -> String {
-    let mut cfg = cfg.clone();
-    let total = total_endpoints(ports.iter().copied().filter(|p| p.key.family == cfg.family));
-    cfg.large_cluster = is_large(total);
-    let cfg = &cfg;
-    let fragments: Vec<Fragment> = ports
-        .iter()
-        .map(|sp| render_service_port(sp, cfg))
-        .collect();
-    let mut by_table: Vec<(Table, Vec<Chain>)> =
-        vec![(Table::Filter, vec![]), (Table::Nat, vec![])];
-    let fixed = render_fixed(cfg);
-    for s in Shared::ALL {
-        let mut rules: Vec<String> = fragments
-            .iter()
-            .flat_map(|f| {
-                f.shared
-                    .iter()
-                    .filter(|(k, _)| *k == s)
-                    .map(|(_, r)| r.clone())
-            })
-            .collect();
-        rules.extend(shared_tail(s, cfg));
-        let slot = by_table.iter_mut().find(|(t, _)| *t == s.table()).unwrap();
-        slot.1.push(Chain {
-            table: s.table(),
-            name: s.chain().to_string(),
-            rules,
-        });
-    }
-    for c in fixed
-        .into_iter()
-        .chain(fragments.into_iter().flat_map(|f| f.chains))
-    {
-        let slot = by_table.iter_mut().find(|(t, _)| *t == c.table).unwrap();
-        slot.1.push(c);
-    }
-    let mut out = String::new();
-    for (table, chains) in by_table {
-        out.push_str(&format!("*{}\n", table.name()));
-        for c in &chains {
-            out.push_str(&format!(":{} - [0:0]\n", c.name));
-        }
-        for c in &chains {
-            for r in &c.rules {
-                out.push_str(r);
-                out.push('\n');
-            }
-        }
-        out.push_str("COMMIT\n");
-    }
-    out
 }

@@ -106,6 +106,25 @@ impl Applied {
     }
 }
 
+/// The payload a first full sync of these service ports of `cfg.family`
+/// writes, as one payload: what `render` prints. Large cluster mode is
+/// decided from `ports`, as a sync decides it. The jumps from the built-in
+/// chains are not in it (a sync adds those the kernel lacks).
+pub fn render_full(ports: &[&ServicePort], cfg: &RenderConfig) -> String {
+    let ports: BTreeMap<ServicePortKey, ServicePort> = ports
+        .iter()
+        .filter(|p| p.key.family == cfg.family)
+        .map(|p| (p.key.clone(), (*p).clone()))
+        .collect();
+    let all: BTreeSet<ServicePortKey> = ports.keys().cloned().collect();
+    let mut engine = Engine::new(cfg.clone(), usize::MAX);
+    engine
+        .plan(&ports, &all, true)
+        .into_iter()
+        .map(|p| p.text)
+        .collect()
+}
+
 fn hash_rules(rules: &[String]) -> u64 {
     let mut h = DefaultHasher::new();
     rules.hash(&mut h);

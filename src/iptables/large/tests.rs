@@ -3,7 +3,7 @@
 
 use super::super::names::*;
 use super::super::render::*;
-use super::super::state::{Engine, Payload};
+use super::super::state::{render_full, Engine, Payload};
 use super::*;
 use crate::model::fixtures::{endpoint as ep, service_port as sp};
 use crate::model::*;
