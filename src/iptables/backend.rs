@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 /// 2100 24.8 s, 3000 21.6 s, 5000 20.3 s, 8000 20.3 s.
 pub const NFT_PAYLOAD_LINES: usize = 2500;
 
-/// Payload lines with iptables-nft for a model of `service_ports`.
+/// Payload lines with iptables-nft for a model of `service_ports` (both
+/// families together: a dual-stack model gets ~1.4x the size per family).
 pub fn nft_payload_lines(service_ports: usize) -> usize {
     let scale = (service_ports as f64 / 10_000.0).sqrt();
     ((NFT_PAYLOAD_LINES as f64 * scale) as usize).clamp(1200, 8000)
