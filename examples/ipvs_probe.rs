@@ -16,6 +16,13 @@
 //!       adds one real server to a scratch virtual server (10.255.255.254:81)
 //!       and removes it again, COUNT times; prints each add's time in ms: the
 //!       kernel's own cost of the change a proxy makes for an endpoint.
+//!   ipvs_probe watch KUBECONFIG NAMESPACE NOTIFY_ADDR:PORT
+//!       watches the namespace's EndpointSlices from now on (kube-rs, as a
+//!       proxy does) and, for every modified slice, sends the first address
+//!       of its first endpoint in one UDP datagram to NOTIFY: the moment a
+//!       bare watcher in this machine learns of a change, with nothing
+//!       programmed (the delivery floor under any proxy's latency). Prints
+//!       "watching" once the watch is open; runs until killed.
 use kube_proxy_rs::ipvs::desired::Op;
 use kube_proxy_rs::ipvs::netlink::{IpvsKernel, IpvsSocket};
 use kube_proxy_rs::ipvs::wire::{Destination, ServiceId, VirtualServer};
@@ -141,6 +148,40 @@ fn floor(count: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn watch(kubeconfig: &str, namespace: &str, notify: SocketAddr) -> anyhow::Result<()> {
+    use futures::TryStreamExt;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Api, ListParams, WatchEvent, WatchParams};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        let api: Api<EndpointSlice> = Api::namespaced(kube::Client::try_from(cfg)?, namespace);
+        // Start from the collection's current version: no replay of what exists.
+        let rv = api
+            .list_metadata(&ListParams::default().limit(1))
+            .await?
+            .metadata
+            .resource_version
+            .unwrap_or_default();
+        let udp = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        udp.connect(notify)?;
+        let mut events = Box::pin(api.watch(&WatchParams::default().timeout(290), &rv).await?);
+        println!("watching");
+        std::io::stdout().flush()?;
+        while let Some(ev) = events.try_next().await? {
+            if let WatchEvent::Modified(sl) = ev {
+                if let Some(ip) = sl.endpoints.first().and_then(|e| e.addresses.first()) {
+                    udp.send(ip.as_bytes())?;
+                }
+            }
+        }
+        anyhow::bail!("the watch ended")
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -160,8 +201,9 @@ fn main() -> anyhow::Result<()> {
             },
         ),
         Some("floor") if args.len() == 3 => floor(args[2].parse()?),
+        Some("watch") if args.len() == 5 => watch(&args[2], &args[3], args[4].parse()?),
         _ => anyhow::bail!(
-            "usage: ipvs_probe count PORT M | wait VIP:PORT IP TIMEOUT_MS [NOTIFY TOKEN] | floor COUNT"
+            "usage: ipvs_probe count PORT M | wait VIP:PORT IP TIMEOUT_MS [NOTIFY TOKEN] | floor COUNT | watch KUBECONFIG NAMESPACE NOTIFY"
         ),
     }
 }

@@ -335,48 +335,6 @@ impl IpvsBackend {
         Ok(calls)
     }
 
-    fn apply_op(&mut self, op: &Op) -> Result<()> {
-        self.ipvs()?.apply(op)?;
-        match op {
-            Op::AddService(vs) => {
-                self.current.insert(
-                    vs.id.clone(),
-                    Current {
-                        vs: vs.clone(),
-                        dests: vec![],
-                    },
-                );
-            }
-            Op::UpdateService(vs) => {
-                if let Some(c) = self.current.get_mut(&vs.id) {
-                    c.vs = vs.clone();
-                }
-            }
-            Op::DelService(id) => {
-                self.current.remove(id);
-            }
-            Op::AddDest(id, d) | Op::UpdateDest(id, d) => {
-                if let Some(c) = self.current.get_mut(id) {
-                    match c
-                        .dests
-                        .iter_mut()
-                        .find(|(x, _)| x.addr == d.addr && x.port == d.port)
-                    {
-                        Some(x) => x.0.weight = d.weight,
-                        None => c.dests.push((d.clone(), Default::default())),
-                    }
-                }
-            }
-            Op::DelDest(id, d) => {
-                if let Some(c) = self.current.get_mut(id) {
-                    c.dests
-                        .retain(|(x, _)| !(x.addr == d.addr && x.port == d.port));
-                }
-            }
-        }
-        Ok(())
-    }
-
     fn sync_inner(
         &mut self,
         ports: &Ports,
@@ -394,29 +352,9 @@ impl IpvsBackend {
             }
             t
         };
-        // Real servers about to go or draining: read their connection counts
-        // from the kernel (our cache does not follow them).
+        // Draining real servers are looked at again on every sync.
         t.services
             .extend(self.draining.keys().map(|(id, _, _)| id.clone()));
-        let mut refresh = vec![];
-        for id in &t.services {
-            let Some(cur) = self.current.get(id) else {
-                continue;
-            };
-            let want = self.agg.service(id).map(|(_, d)| d);
-            let leaving = cur.dests.iter().any(|(d, _)| {
-                !want.is_some_and(|w| w.iter().any(|x| x.addr == d.addr && x.port == d.port))
-            });
-            if leaving && want.is_some() && id.protocol == crate::model::Protocol::Tcp {
-                refresh.push(id.clone());
-            }
-        }
-        for id in refresh {
-            let dests = self.ipvs()?.dests(&id)?;
-            if let Some(c) = self.current.get_mut(&id) {
-                c.dests = dests;
-            }
-        }
         let mut stats = SyncStats {
             full,
             ..Default::default()
@@ -437,7 +375,10 @@ impl IpvsBackend {
         self.link.add_addresses(&bind)?;
         stats.written += bind.len();
         self.bound.extend(bind);
-        // 3. Virtual and real servers.
+        // 3. Virtual and real servers: what serves new traffic (new virtual
+        // and real servers, raised weights) first; then, with connection
+        // counts read from the kernel, what goes or drains. A new endpoint
+        // takes traffic without waiting for that read.
         let desired = Desired {
             services: t
                 .services
@@ -446,28 +387,19 @@ impl IpvsBackend {
                 .collect(),
             addresses: BTreeSet::new(),
         };
-        let current: BTreeMap<ServiceId, Current> = t
-            .services
-            .iter()
-            .filter_map(|id| self.current.get(id).map(|c| (id.clone(), c.clone())))
-            .collect();
-        let (fams, excl) = (self.families(), self.s.exclude_cidrs.clone());
-        let ops = diff(
-            &current,
-            &desired,
-            &mut self.draining,
-            Instant::now(),
-            self.s.drain_timeout,
-            |id| owned(&fams, &excl, id),
-        );
-        for op in &ops {
-            self.apply_op(op)?;
-            match op {
-                Op::DelService(_) | Op::DelDest(..) => stats.deleted += 1,
-                _ => stats.written += 1,
-            }
-        }
-        stats.calls += ops.len();
+        let growing: Vec<Op> = {
+            let mut scratch = self.draining.clone();
+            self.plan(&t.services, &desired, &mut scratch)
+                .into_iter()
+                .filter(Op::serves_more)
+                .collect()
+        };
+        self.apply_ops(&growing, &mut stats)?;
+        self.refresh_leaving(&t.services)?;
+        let mut draining = std::mem::take(&mut self.draining);
+        let rest = self.plan(&t.services, &desired, &mut draining);
+        self.draining = draining;
+        self.apply_ops(&rest, &mut stats)?;
         // Forget drains whose real server is gone however it went (deleted by
         // hand, its virtual server replaced or excluded): no endless follow-ups.
         let cur = &self.current;
@@ -648,3 +580,6 @@ pub fn cleanup(
 #[cfg(test)]
 #[path = "backend_tests.rs"]
 mod tests;
+
+#[path = "backend_servers.rs"]
+mod servers;

@@ -20,6 +20,8 @@ struct World {
     /// Some(fallback): netlink changes fail so.
     nl_fail: Option<bool>,
     sets: BTreeMap<String, BTreeSet<String>>,
+    /// IPVS calls in order: "dests <vip>:<port>" reads and applied ops.
+    ipvs_log: Vec<String>,
 }
 
 type W = Arc<Mutex<World>>;
@@ -30,18 +32,14 @@ impl IpvsKernel for FakeIpvs {
         Ok(self.0.lock().unwrap().vs.clone())
     }
     fn dests(&mut self, id: &ServiceId) -> Result<Vec<(Destination, DestStats)>> {
-        Ok(self
-            .0
-            .lock()
-            .unwrap()
-            .vs
-            .get(id)
-            .map(|c| c.dests.clone())
-            .unwrap_or_default())
+        let mut w = self.0.lock().unwrap();
+        w.ipvs_log.push(format!("dests {}:{}", id.addr, id.port));
+        Ok(w.vs.get(id).map(|c| c.dests.clone()).unwrap_or_default())
     }
     fn apply(&mut self, op: &Op) -> Result<()> {
         let mut w = self.0.lock().unwrap();
         w.ops.push(op.clone());
+        w.ipvs_log.push(format!("{op:?}"));
         match op {
             Op::AddService(v) => {
                 w.vs.insert(
@@ -418,6 +416,55 @@ fn busy_tcp_real_servers_drain_then_go() {
         .unwrap();
     assert_eq!(w.lock().unwrap().vs[&cid].dests.len(), 1);
     assert_eq!(b.follow_up(), None);
+}
+
+#[test]
+fn a_new_real_server_goes_in_before_the_leaving_one_is_read_and_drained() {
+    let w = W::default();
+    let dir = sysctl_dir();
+    let mut b = backend(&w, dir.path());
+    let p = web(&["10.244.1.10", "10.244.2.10"]);
+    b.sync(&ports(std::slice::from_ref(&p)), &BTreeSet::new(), true)
+        .unwrap();
+    let cid = id("10.96.0.10", 80);
+    for d in &mut w.lock().unwrap().vs.get_mut(&cid).unwrap().dests {
+        if d.0.addr.to_string() == "10.244.2.10" {
+            d.1.active = 1;
+        }
+    }
+    w.lock().unwrap().ipvs_log.clear();
+    // 10.244.2.10 is replaced by 10.244.2.11.
+    let p2 = web(&["10.244.1.10", "10.244.2.11"]);
+    b.sync(
+        &ports(std::slice::from_ref(&p2)),
+        &[p2.key.clone()].into(),
+        false,
+    )
+    .unwrap();
+    let w = w.lock().unwrap();
+    let log = &w.ipvs_log;
+    let at = |pred: &dyn Fn(&String) -> bool| log.iter().position(pred).unwrap();
+    let last_add = log.iter().rposition(|l| l.starts_with("AddDest")).unwrap();
+    let first_read = at(&|l| l.starts_with("dests"));
+    let first_leave = at(&|l| l.starts_with("DelDest") || l.starts_with("UpdateDest"));
+    assert!(
+        last_add < first_read && first_read < first_leave,
+        "every new real server first, then reads, then removals: {log:#?}"
+    );
+    assert_eq!(
+        log.iter().filter(|l| l.starts_with("AddDest")).count(),
+        5,
+        "one per virtual server: {log:#?}"
+    );
+    assert!(log.contains(&"dests 10.96.0.10:80".to_string()));
+    // The busy one drains (weight 0) with the connection count read after the add.
+    let old = w.vs[&cid]
+        .dests
+        .iter()
+        .find(|x| x.0.addr.to_string() == "10.244.2.10")
+        .unwrap();
+    assert_eq!(old.0.weight, 0);
+    assert_eq!(w.vs[&cid].dests.len(), 3);
 }
 
 #[test]

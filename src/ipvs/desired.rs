@@ -228,6 +228,19 @@ pub enum Op {
     DelDest(ServiceId, Destination),
 }
 
+impl Op {
+    /// Whether the change lets new traffic through (a new virtual or real
+    /// server, a changed scheduler, a raised weight) rather than taking
+    /// some away; those go to the kernel first.
+    pub fn serves_more(&self) -> bool {
+        match self {
+            Op::AddService(_) | Op::UpdateService(_) | Op::AddDest(..) => true,
+            Op::UpdateDest(_, d) => d.weight > 0,
+            Op::DelService(_) | Op::DelDest(..) => false,
+        }
+    }
+}
+
 /// Real servers being drained, and since when (kept across syncs; after a
 /// restart, weight-0 strangers start their timer when first seen).
 pub type Draining = BTreeMap<(ServiceId, IpAddr, u16), Instant>;

@@ -5,14 +5,19 @@ use super::desired::{Current, Op};
 use super::wire::{self, cmd, cmd_attr, DestStats, Destination, ServiceId, VirtualServer};
 use anyhow::{anyhow, bail, Result};
 use neli::{
-    consts::{nl::NlmF, socket::NlFamily},
+    consts::{
+        genl::{CtrlAttr, CtrlCmd},
+        nl::{GenlId, NlmF, Nlmsg},
+        socket::NlFamily,
+    },
     genl::{AttrTypeBuilder, Genlmsghdr, GenlmsghdrBuilder, NlattrBuilder},
-    nl::NlPayload,
-    router::synchronous::NlRouter,
+    nl::{NlPayload, Nlmsghdr, NlmsghdrBuilder},
+    socket::synchronous::NlSocketHandle,
     types::{Buffer, GenlBuffer},
     utils::Groups,
 };
 use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
 
 /// The kernel side of IPVS; faked in tests.
 pub trait IpvsKernel: Send {
@@ -26,10 +31,15 @@ pub trait IpvsKernel: Send {
 
 type Msg = Genlmsghdr<u8, u16>;
 
-/// A generic netlink socket bound to the IPVS family.
+/// A generic netlink socket bound to the IPVS family. Requests and their
+/// answers go over it in the caller's thread (send, then read until the
+/// ACK or the end of the dump): the kernel answers within the send, so no
+/// helper thread has to be woken on the way, which under load (or in an
+/// emulated machine) cost up to milliseconds per call.
 pub struct IpvsSocket {
-    router: NlRouter,
+    sock: NlSocketHandle,
     family: u16,
+    seq: u32,
 }
 
 /// Why IPVS is unusable, in words an operator can act on.
@@ -37,17 +47,155 @@ pub fn unavailable_hint() -> &'static str {
     "the kernel has no IPVS (load the ip_vs, ip_vs_rr, ip_vs_wrr, ip_vs_sh and nf_conntrack modules, or use --proxy-mode iptables)"
 }
 
+/// How long one answer may take before the call fails (the kernel answers
+/// at once; this only bounds a wedged socket).
+const RECV_TIMEOUT_S: libc::time_t = 10;
+
+/// What one message of the kernel's answer means for request `seq`.
+#[derive(Debug, PartialEq)]
+enum Step<'a, P> {
+    /// An answer to another (earlier, timed-out) request.
+    Skip,
+    Payload(&'a P),
+    /// The ACK of a change, or the end of a dump.
+    Done,
+    /// The request failed with this errno.
+    Failed(i32),
+}
+
+fn step<T: neli::consts::nl::NlType, P>(m: &Nlmsghdr<T, P>, seq: u32) -> Step<'_, P> {
+    if *m.nl_seq() != seq {
+        return Step::Skip;
+    }
+    let ty: u16 = (*m.nl_type()).into();
+    let done = ty == u16::from(Nlmsg::Done);
+    match m.nl_payload() {
+        NlPayload::Err(e) => Step::Failed(-*e.error()),
+        NlPayload::DumpExtAck(e) if *e.error() != 0 => Step::Failed(-*e.error()),
+        NlPayload::Ack(_) | NlPayload::DumpExtAck(_) => Step::Done,
+        _ if done => Step::Done,
+        NlPayload::Payload(p) => Step::Payload(p),
+        NlPayload::Empty => Step::Skip,
+    }
+}
+
 impl IpvsSocket {
     pub fn connect() -> Result<Self> {
-        let (router, _multicast) = NlRouter::connect(NlFamily::Generic, None, Groups::empty())
+        let sock = NlSocketHandle::connect(NlFamily::Generic, None, Groups::empty())
             .map_err(|e| anyhow!("opening a generic netlink socket: {e}"))?;
-        let family = router.resolve_genl_family(wire::GENL_NAME).map_err(|e| {
+        let tv = libc::timeval {
+            tv_sec: RECV_TIMEOUT_S,
+            tv_usec: 0,
+        };
+        // SAFETY: setsockopt reads a timeval we own, of the size we pass.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            bail!(
+                "setting a receive timeout on the IPVS socket: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let mut s = IpvsSocket {
+            sock,
+            family: 0,
+            seq: 0,
+        };
+        s.family = s.resolve_family().map_err(|e| {
             anyhow!(
                 "resolving the IPVS netlink family: {e}; {}",
                 unavailable_hint()
             )
         })?;
-        Ok(IpvsSocket { router, family })
+        Ok(s)
+    }
+
+    /// Asks the generic netlink controller for the IPVS family's id.
+    fn resolve_family(&mut self) -> Result<u16> {
+        let name = NlattrBuilder::default()
+            .nla_type(
+                AttrTypeBuilder::default()
+                    .nla_type(CtrlAttr::FamilyName)
+                    .build()
+                    .map_err(|e| anyhow!("{e}"))?,
+            )
+            .nla_payload(wire::GENL_NAME)
+            .build()
+            .map_err(|e| anyhow!("{e}"))?;
+        let msg = GenlmsghdrBuilder::<CtrlCmd, CtrlAttr>::default()
+            .cmd(CtrlCmd::Getfamily)
+            .version(2)
+            .attrs(std::iter::once(name).collect::<GenlBuffer<_, _>>())
+            .build()
+            .map_err(|e| anyhow!("{e}"))?;
+        let mut id = None;
+        self.exchange(
+            GenlId::Ctrl,
+            NlmF::ACK,
+            msg,
+            |p: &Genlmsghdr<CtrlCmd, CtrlAttr>| {
+                if let Ok(v) = p
+                    .attrs()
+                    .get_attr_handle()
+                    .get_attr_payload_as::<u16>(CtrlAttr::FamilyId)
+                {
+                    id = Some(v);
+                }
+            },
+        )?;
+        id.ok_or_else(|| anyhow!("no family named {}", wire::GENL_NAME))
+    }
+
+    /// Sends one request and hands every answer's payload to `each` until
+    /// the ACK (changes) or the end of the dump; answers to earlier requests
+    /// (a call that timed out) are skipped by their sequence number.
+    fn exchange<T, C, A>(
+        &mut self,
+        ty: T,
+        flags: NlmF,
+        payload: Genlmsghdr<C, A>,
+        mut each: impl FnMut(&Genlmsghdr<C, A>),
+    ) -> Result<()>
+    where
+        T: neli::consts::nl::NlType + Copy + std::fmt::Debug,
+        C: neli::consts::genl::Cmd + std::fmt::Debug,
+        A: neli::consts::genl::NlAttrType + std::fmt::Debug,
+    {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let msg = NlmsghdrBuilder::default()
+            .nl_type(ty)
+            .nl_flags(flags | NlmF::REQUEST)
+            .nl_seq(seq)
+            .nl_payload(NlPayload::Payload(payload))
+            .build()
+            .map_err(|e| anyhow!("{e}"))?;
+        self.sock.send(&msg).map_err(|e| anyhow!("{e}"))?;
+        loop {
+            let (answers, _) = self
+                .sock
+                .recv::<T, Genlmsghdr<C, A>>()
+                .map_err(|e| anyhow!("reading the kernel's answer: {e}"))?;
+            for m in answers {
+                let m: Nlmsghdr<T, Genlmsghdr<C, A>> =
+                    m.map_err(|e| anyhow!("decoding the kernel's answer: {e}"))?;
+                match step(&m, seq) {
+                    Step::Skip => {}
+                    Step::Payload(p) => each(p),
+                    Step::Done => return Ok(()),
+                    Step::Failed(errno) => {
+                        return Err(std::io::Error::from_raw_os_error(errno).into())
+                    }
+                }
+            }
+        }
     }
 
     fn attr(ty: u16, payload: Vec<u8>) -> Result<neli::genl::Nlattr<u16, Buffer>> {
@@ -67,7 +215,7 @@ impl IpvsSocket {
     /// Sends one command; returns the payloads of the `want` attribute of
     /// every reply (dumps), or nothing for acknowledged changes.
     fn call(
-        &self,
+        &mut self,
         command: u8,
         attrs: Vec<(u16, Vec<u8>)>,
         dump: bool,
@@ -77,35 +225,23 @@ impl IpvsSocket {
         for (ty, payload) in attrs {
             buf.push(Self::attr(ty, payload)?);
         }
-        let msg = GenlmsghdrBuilder::default()
+        let msg: Msg = GenlmsghdrBuilder::default()
             .cmd(command)
             .version(wire::GENL_VERSION)
             .attrs(buf)
             .build()
             .map_err(|e| anyhow!("{e}"))?;
         let flags = if dump { NlmF::DUMP } else { NlmF::ACK };
-        let recv = self
-            .router
-            .send::<u16, Msg, u16, Msg>(self.family, flags, NlPayload::Payload(msg))
-            .map_err(|e| anyhow!("sending IPVS command {command}: {e}"))?;
         let mut out = Vec::new();
-        for reply in recv {
-            let reply = reply.map_err(|e| match &e {
-                neli::err::RouterError::Nlmsgerr(m) => anyhow!(
-                    "IPVS command {command}: {}",
-                    std::io::Error::from_raw_os_error(-*m.error())
-                ),
-                _ => anyhow!("IPVS command {command}: {e}"),
-            })?;
-            let Some(p) = reply.get_payload() else {
-                continue;
-            };
+        let family = self.family;
+        self.exchange(family, flags, msg, |p: &Msg| {
             for a in p.attrs().iter() {
                 if *a.nla_type().nla_type() == want {
                     out.push(a.nla_payload().as_ref().to_vec());
                 }
             }
-        }
+        })
+        .map_err(|e| anyhow!("IPVS command {command}: {e}"))?;
         Ok(out)
     }
 }
@@ -176,5 +312,87 @@ impl IpvsKernel for IpvsSocket {
             }
             (Err(e), _) => bail!("{e} ({op:?})"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use neli::FromBytes;
+    use std::io::Cursor;
+
+    /// One netlink message: header (length, type, flags, seq, port id) and body.
+    fn message(ty: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&(16 + body.len() as u32).to_ne_bytes());
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(&flags.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn parse(bytes: &[u8]) -> Nlmsghdr<u16, Msg> {
+        Nlmsghdr::from_bytes(&mut Cursor::new(bytes)).expect("a well-formed message")
+    }
+
+    /// An NLMSG_ERROR body: the errno (negative) and, for a failure, the
+    /// request echoed back (header and generic netlink header; the socket
+    /// does not ask for capped errors), for an ACK only its header.
+    fn error_body(errno: i32, seq: u32) -> Vec<u8> {
+        let mut b = (-errno).to_ne_bytes().to_vec();
+        if errno == 0 {
+            b.extend_from_slice(&message(FAMILY, 0x5, seq, &[])[..16]);
+        } else {
+            b.extend(message(FAMILY, 0x5, seq, &[5, 1, 0, 0]));
+        }
+        b
+    }
+
+    const FAMILY: u16 = 0x20;
+    const MULTI: u16 = 0x2;
+    const CAPPED: u16 = 0x100;
+
+    #[test]
+    fn an_ack_ends_a_change() {
+        let m = parse(&message(2, CAPPED, 7, &error_body(0, 7)));
+        assert_eq!(step(&m, 7), Step::Done);
+    }
+
+    #[test]
+    fn an_error_names_its_errno() {
+        let m = parse(&message(2, 0, 7, &error_body(libc::EEXIST, 7)));
+        assert_eq!(step(&m, 7), Step::Failed(libc::EEXIST));
+    }
+
+    #[test]
+    fn answers_to_another_request_are_skipped() {
+        let m = parse(&message(2, 0, 6, &error_body(libc::ENOENT, 6)));
+        assert_eq!(step(&m, 7), Step::Skip);
+    }
+
+    #[test]
+    fn dump_parts_then_done() {
+        // cmd 1 (a service), version 1, then one attribute: type 1, 4 bytes.
+        let body = [1u8, 1, 0, 0, 8, 0, 1, 0, 10, 96, 0, 10];
+        let m = parse(&message(FAMILY, MULTI, 7, &body));
+        match step(&m, 7) {
+            Step::Payload(p) => {
+                assert_eq!(*p.cmd(), 1);
+                let a = p.attrs().iter().next().expect("one attribute");
+                assert_eq!(*a.nla_type().nla_type(), 1);
+                assert_eq!(a.nla_payload().as_ref(), &[10, 96, 0, 10]);
+            }
+            other => panic!("a payload, not {other:?}"),
+        }
+        let done = parse(&message(3, MULTI, 7, &0i32.to_ne_bytes()));
+        assert_eq!(step(&done, 7), Step::Done);
+    }
+
+    #[test]
+    fn a_dump_that_fails_at_its_end_is_an_error() {
+        let done = parse(&message(3, MULTI, 7, &(-libc::EINVAL).to_ne_bytes()));
+        assert_eq!(step(&done, 7), Step::Failed(libc::EINVAL));
     }
 }
