@@ -371,16 +371,19 @@ pub fn declared_chains_in(
     Ok(out)
 }
 
-/// Puts back any missing jump of `jumps`; true when all were in place.
-pub fn repair_jumps(kernel: &mut dyn Kernel, family: Family, jumps: &[Jump]) -> Result<bool> {
+/// Whether every jump of `jumps` is in place (`-C`; nothing is written).
+/// A missing one is logged; the caller asks for a full sync, which puts it
+/// back. Only the sync loop writes jumps, so a check running beside a sync
+/// can never insert one a second time.
+pub fn jumps_intact(kernel: &mut dyn Kernel, family: Family, jumps: &[Jump]) -> Result<bool> {
     let mut intact = true;
     for j in jumps {
-        if kernel.ensure_jump(family, j)? {
+        if !kernel.has_jump(family, j)? {
             tracing::warn!(
                 from = j.from,
                 table = j.table.name(),
                 ?family,
-                "a kube-proxy jump rule was missing; repaired"
+                "a kube-proxy jump rule is missing; a full sync puts it back"
             );
             intact = false;
         }

@@ -170,7 +170,7 @@ impl Backend for IptablesBackend {
                 }
             }
             for family in families {
-                intact &= super::apply::repair_jumps(kernel.as_mut(), family, &jumps())?;
+                intact &= super::apply::jumps_intact(kernel.as_mut(), family, &jumps())?;
             }
             Ok(intact)
         }))

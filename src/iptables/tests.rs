@@ -499,7 +499,7 @@ mod backend_with_fake_kernel {
     }
 
     #[test]
-    fn verify_repairs_jumps_and_scan_finds_stale_chains() {
+    fn verify_reports_missing_jumps_and_scan_finds_stale_chains() {
         let log = Arc::new(Mutex::new(Log::default()));
         let mut b = backend(&log);
         let ports = ports_map(vec![service_n(0, 1)]);
@@ -511,6 +511,10 @@ mod backend_with_fake_kernel {
         assert!(
             !b.verify_job().unwrap()().unwrap(),
             "a missing jump asks for a full sync"
+        );
+        assert!(
+            !log.lock().unwrap().jumps_present,
+            "the check writes nothing: the full sync it asks for puts the jump back"
         );
         let job = b.scan_job().unwrap();
         assert!(b.apply_scan(job().unwrap()), "stale chain found");

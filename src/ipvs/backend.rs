@@ -387,19 +387,29 @@ impl IpvsBackend {
                 .collect(),
             addresses: BTreeSet::new(),
         };
-        let growing: Vec<Op> = {
-            let mut scratch = self.draining.clone();
-            self.plan(&t.services, &desired, &mut scratch)
-                .into_iter()
-                .filter(Op::serves_more)
-                .collect()
-        };
-        self.apply_ops(&growing, &mut stats)?;
-        self.refresh_leaving(&t.services)?;
-        let mut draining = std::mem::take(&mut self.draining);
-        let rest = self.plan(&t.services, &desired, &mut draining);
-        self.draining = draining;
-        self.apply_ops(&rest, &mut stats)?;
+        if full {
+            // The counts were just read with the whole table: one plan, in
+            // the same order.
+            let mut draining = std::mem::take(&mut self.draining);
+            let mut ops = self.plan(&t.services, &desired, &mut draining);
+            self.draining = draining;
+            ops.sort_by_key(|op| !op.serves_more());
+            self.apply_ops(&ops, &mut stats)?;
+        } else {
+            let growing: Vec<Op> = {
+                let mut scratch = self.draining.clone();
+                self.plan(&t.services, &desired, &mut scratch)
+                    .into_iter()
+                    .filter(Op::serves_more)
+                    .collect()
+            };
+            self.apply_ops(&growing, &mut stats)?;
+            self.refresh_leaving(&t.services)?;
+            let mut draining = std::mem::take(&mut self.draining);
+            let rest = self.plan(&t.services, &desired, &mut draining);
+            self.draining = draining;
+            self.apply_ops(&rest, &mut stats)?;
+        }
         // Forget drains whose real server is gone however it went (deleted by
         // hand, its virtual server replaced or excluded): no endless follow-ups.
         let cur = &self.current;
@@ -473,7 +483,7 @@ impl Backend for IpvsBackend {
             }
             let mut ipt = ipt_factory();
             for f in families {
-                intact &= crate::iptables::apply::repair_jumps(ipt.as_mut(), f, &glue::jumps())?;
+                intact &= crate::iptables::apply::jumps_intact(ipt.as_mut(), f, &glue::jumps())?;
             }
             Ok(intact)
         }))
