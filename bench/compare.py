@@ -150,7 +150,10 @@ def start_proxy(which, netns, kubeconfig, flavor, log):
     if which == "rs":
         binary = os.path.join(ROOT, "target/release/kube-proxy-rs")
         cmd = [binary, "--kubeconfig", kubeconfig, "--hostname-override", "node-0",
-               "--proxy-mode", "iptables", "--iptables-backend", flavor, "--min-sync-period", "0s"]
+               "--proxy-mode", "iptables", "--iptables-backend", flavor, "--min-sync-period", "0s",
+               # As upstream below: the node's conntrack settings stay as they are.
+               "--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0",
+               "--conntrack-tcp-timeout-close-wait=0"]
     else:
         binary = f"/var/cache/kube-proxy-rs/k8s/{K8S_VERSION}/bin/kube-proxy"
         cmd = [binary, "--kubeconfig", kubeconfig, "--hostname-override", "node-0",

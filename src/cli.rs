@@ -108,6 +108,28 @@ pub struct Flags {
     /// Most lines per iptables-restore call with iptables-nft (tuning; 0 = one payload).
     #[arg(long, hide = true)]
     pub iptables_max_payload_lines: Option<usize>,
+    /// Conntrack entries per CPU: the table size is this x CPUs, at least
+    /// --conntrack-min (default 32768; 0 leaves the size as it is).
+    #[arg(long, value_name = "N")]
+    pub conntrack_max_per_core: Option<u32>,
+    /// Smallest conntrack table size set, whatever the CPU count (default 131072).
+    #[arg(long, value_name = "N")]
+    pub conntrack_min: Option<u32>,
+    /// Conntrack timeout of idle established TCP connections (default 24h; 0 leaves it).
+    #[arg(long, value_parser = parse_duration)]
+    pub conntrack_tcp_timeout_established: Option<Duration>,
+    /// Conntrack timeout of TCP connections in CLOSE_WAIT (default 1h; 0 leaves it).
+    #[arg(long, value_parser = parse_duration)]
+    pub conntrack_tcp_timeout_close_wait: Option<Duration>,
+    /// Do not mark out-of-window TCP packets INVALID (nf_conntrack_tcp_be_liberal=1).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub conntrack_tcp_be_liberal: Option<bool>,
+    /// Conntrack timeout of one-way UDP flows (0, the default, leaves it).
+    #[arg(long, value_parser = parse_duration)]
+    pub conntrack_udp_timeout: Option<Duration>,
+    /// Conntrack timeout of two-way UDP flows (0, the default, leaves it).
+    #[arg(long, value_parser = parse_duration)]
+    pub conntrack_udp_timeout_stream: Option<Duration>,
     /// ip:port of the health server (/healthz, /livez); empty disables it.
     #[arg(long, value_name = "IP:PORT")]
     pub healthz_bind_address: Option<String>,
@@ -162,6 +184,7 @@ pub struct Settings {
     pub healthz_bind_address: Option<std::net::SocketAddr>,
     pub metrics_bind_address: Option<std::net::SocketAddr>,
     pub bind_address_hard_fail: bool,
+    pub conntrack: crate::ctlimits::ConntrackSettings,
 }
 
 /// `ip:port` (or `[v6]:port`); empty means disabled.
@@ -273,6 +296,29 @@ impl Flags {
         if sync_period.is_zero() {
             bail!("sync period must be greater than 0");
         }
+        let ct = file.conntrack.as_ref();
+        let conntrack = crate::ctlimits::ConntrackSettings {
+            max_per_core: self
+                .conntrack_max_per_core
+                .or(ct.and_then(|c| c.max_per_core)),
+            min: self.conntrack_min.or(ct.and_then(|c| c.min)),
+            tcp_established: self
+                .conntrack_tcp_timeout_established
+                .or(ct.and_then(|c| c.tcp_established_timeout)),
+            tcp_close_wait: self
+                .conntrack_tcp_timeout_close_wait
+                .or(ct.and_then(|c| c.tcp_close_wait_timeout)),
+            tcp_be_liberal: self
+                .conntrack_tcp_be_liberal
+                .or(ct.and_then(|c| c.tcp_be_liberal))
+                .unwrap_or(false),
+            udp_timeout: self
+                .conntrack_udp_timeout
+                .or(ct.and_then(|c| c.udp_timeout)),
+            udp_stream_timeout: self
+                .conntrack_udp_timeout_stream
+                .or(ct.and_then(|c| c.udp_stream_timeout)),
+        };
         let log_format = self.log_format.clone().unwrap_or_else(|| "text".into());
         if log_format != "text" && log_format != "json" {
             bail!("--log-format: use text or json");
@@ -377,6 +423,7 @@ impl Flags {
                 .bind_address_hard_fail
                 .or(file.bind_address_hard_fail)
                 .unwrap_or(false),
+            conntrack,
         })
     }
 }
@@ -436,6 +483,39 @@ mod tests {
             .settings()
             .unwrap();
         assert_eq!(s.cluster_cidrs[0].to_string(), "192.168.0.0/16");
+    }
+
+    #[test]
+    fn conntrack_flags_as_upstreams_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yaml");
+        std::fs::write(
+            &f,
+            "conntrack:\n  maxPerCore: 0\n  min: 1000\n  tcpEstablishedTimeout: 2h\n  udpTimeout: 30s\n",
+        )
+        .unwrap();
+        let path = f.to_str().unwrap();
+        let c = parse(&[
+            "--config",
+            path,
+            "--conntrack-max-per-core=65536",
+            "--conntrack-tcp-timeout-close-wait=0s",
+            "--conntrack-tcp-be-liberal",
+            "--conntrack-udp-timeout-stream=2m0s",
+        ])
+        .flags
+        .settings()
+        .unwrap()
+        .conntrack;
+        assert_eq!(c.max_per_core, Some(65536), "the flag wins");
+        assert_eq!(c.min, Some(1000), "from the file");
+        assert_eq!(c.tcp_established, Some(Duration::from_secs(7200)));
+        assert_eq!(c.tcp_close_wait, Some(Duration::ZERO), "0s: leave it");
+        assert!(c.tcp_be_liberal);
+        assert_eq!(c.udp_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(c.udp_stream_timeout, Some(Duration::from_secs(120)));
+        let d = parse(&[]).flags.settings().unwrap().conntrack;
+        assert_eq!(d, crate::ctlimits::ConntrackSettings::default());
     }
 
     #[test]

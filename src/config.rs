@@ -98,6 +98,24 @@ pub struct IpvsSection {
     pub udp_timeout: Option<Duration>,
 }
 
+/// `conntrack`. Unlike elsewhere, a zero is kept as given: it means "leave
+/// the kernel's value" (a missing or null field means upstream's default).
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConntrackSection {
+    pub max_per_core: Option<u32>,
+    pub min: Option<u32>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub tcp_established_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub tcp_close_wait_timeout: Option<Duration>,
+    pub tcp_be_liberal: Option<bool>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub udp_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub udp_stream_timeout: Option<Duration>,
+}
+
 /// KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1).
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -111,6 +129,7 @@ pub struct KubeProxyConfiguration {
     pub mode: Option<String>,
     pub iptables: Option<IptablesSection>,
     pub ipvs: Option<IpvsSection>,
+    pub conntrack: Option<ConntrackSection>,
     pub node_port_addresses: Option<Vec<String>>,
     #[serde(default, deserialize_with = "de_duration")]
     pub sync_period: Option<Duration>,
@@ -129,7 +148,6 @@ pub struct KubeProxyConfiguration {
     pub winkernel: Option<serde_yaml::Value>,
     pub detect_local: Option<serde_yaml::Value>,
     pub oom_score_adj: Option<i32>,
-    pub conntrack: Option<serde_yaml::Value>,
     #[serde(default, deserialize_with = "de_duration")]
     pub config_sync_period: Option<Duration>,
     pub port_range: Option<String>,
@@ -224,7 +242,6 @@ impl KubeProxyConfiguration {
             &mut self.nftables,
             &mut self.winkernel,
             &mut self.detect_local,
-            &mut self.conntrack,
             &mut self.logging,
         ] {
             val(x);
@@ -296,7 +313,6 @@ impl KubeProxyConfiguration {
         note(self.winkernel.is_some(), "winkernel");
         note(self.detect_local.is_some(), "detectLocal");
         note(self.oom_score_adj.is_some(), "oomScoreAdj");
-        note(self.conntrack.is_some(), "conntrack");
         note(self.config_sync_period.is_some(), "configSyncPeriod");
         note(self.port_range.is_some(), "portRange");
         note(self.windows_run_as_service.is_some(), "windowsRunAsService");
@@ -369,7 +385,25 @@ mod tests {
             "enableProfiling: true\nmetricsBindAddress: 0.0.0.0:10249\nconntrack:\n  maxPerCore: 4\n",
         )
         .unwrap();
-        assert_eq!(cfg.unused_fields(), vec!["enableProfiling", "conntrack"]);
+        assert_eq!(cfg.unused_fields(), vec!["enableProfiling"]);
+    }
+
+    #[test]
+    fn conntrack_zeros_are_kept_and_nulls_are_defaults() {
+        let cfg = KubeProxyConfiguration::parse(
+            "conntrack:\n  maxPerCore: 0\n  min: null\n  tcpEstablishedTimeout: 0s\n  tcpCloseWaitTimeout: 1h0m0s\n  udpTimeout: 30s\n",
+        )
+        .unwrap();
+        let c = cfg.conntrack.unwrap();
+        assert_eq!(c.max_per_core, Some(0));
+        assert_eq!(c.min, None);
+        assert_eq!(c.tcp_established_timeout, Some(Duration::ZERO));
+        assert_eq!(c.tcp_close_wait_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(c.udp_timeout, Some(Duration::from_secs(30)));
+        assert!(
+            KubeProxyConfiguration::parse("conntrack:\n  maxPerCor: 1\n").is_err(),
+            "a misspelt field is refused"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod ctlimits;
 pub mod hcnode;
 pub mod health;
 pub mod http;

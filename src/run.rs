@@ -117,6 +117,14 @@ fn node_sysctls(s: &Settings) -> Vec<(String, String, String)> {
     }
 }
 
+/// The conntrack table size and timeouts, as upstream sets them at start
+/// (a value that cannot be written is a warning, not a failure).
+fn set_conntrack_limits(s: &Settings) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let writes = crate::ctlimits::plan(&s.conntrack, cpus);
+    crate::ctlimits::apply(&writes, &crate::ctlimits::Roots::default());
+}
+
 /// `--init-only`: the node setup that needs write access to /proc/sys (a
 /// privileged init container), so the long-running container can run with
 /// NET_ADMIN and NET_RAW only: it then finds every value already set.
@@ -135,6 +143,7 @@ pub fn init_only(flags: &Flags) -> Result<()> {
             .with_context(|| format!("setting {key}={value}"))?;
         tracing::info!(sysctl = %key, value = %value, why = %why, "node setup");
     }
+    set_conntrack_limits(&s);
     tracing::info!("node setup done (--init-only)");
     Ok(())
 }
@@ -298,6 +307,7 @@ pub fn daemon(flags: &Flags) -> Result<()> {
             tracing::warn!(error = %e, "cannot enable route_localnet; NodePorts on 127.0.0.1 will not work");
         }
     }
+    set_conntrack_limits(&s);
     let backend: Box<dyn Backend> = match s.mode {
         ProxyMode::Iptables => {
             let local_ips = node::local_addresses();

@@ -378,14 +378,48 @@ fn runs_with_net_admin_and_net_raw_only_after_init_only() {
         &lab.node,
         &["sysctl", "-qw", "net.ipv4.conf.all.route_localnet=0"],
     );
+    // Conntrack timeouts are per network namespace: set odd values, which
+    // --init-only replaces by upstream's defaults (or the flags'). The table
+    // size is the host's and read-only in here: a warning, not a failure.
+    let sysctl = |lab: &Lab, key: &str| -> String {
+        let out = lab.in_ns(&lab.node, &["sysctl", "-n", key]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (est, cw) = (
+        "net.netfilter.nf_conntrack_tcp_timeout_established",
+        "net.netfilter.nf_conntrack_tcp_timeout_close_wait",
+    );
+    let _ = lab.in_ns(
+        &lab.node,
+        &["sysctl", "-qw", &format!("{est}=1234"), &format!("{cw}=56")],
+    );
+    let host_max =
+        std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max").unwrap_or_default();
     let init = lab.in_ns(
         &lab.node,
-        &[env!("CARGO_BIN_EXE_kube-proxy-rs"), "--init-only"],
+        &[
+            env!("CARGO_BIN_EXE_kube-proxy-rs"),
+            "--init-only",
+            "--conntrack-tcp-timeout-close-wait=2h",
+        ],
     );
     assert!(
         init.status.success(),
         "{}",
         String::from_utf8_lossy(&init.stderr)
+    );
+    assert_eq!(sysctl(&lab, est), "86400", "upstream's default: 24h");
+    assert_eq!(sysctl(&lab, cw), "7200", "from the flag");
+    let log =
+        String::from_utf8_lossy(&init.stderr).to_string() + &String::from_utf8_lossy(&init.stdout);
+    assert!(
+        log.contains("set conntrack limit"),
+        "the changes are logged: {log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max").unwrap_or_default(),
+        host_max,
+        "the host's table size is not changed from a pod's network namespace"
     );
     let rl = lab.in_ns(
         &lab.node,
