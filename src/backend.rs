@@ -43,8 +43,9 @@ pub trait Backend: Send {
     ) -> Result<SyncStats>;
 
     /// A check, run off the sync loop every `--sync-period`, that the kernel
-    /// still holds what we wrote (jumps, base chains); it repairs what it can.
-    /// The job answers `Ok(false)` when a full sync is needed.
+    /// still holds what we wrote (jumps, base chains). It writes no rules
+    /// (only the sync loop does); it answers `Ok(false)` when a full sync is
+    /// needed to put things back.
     fn verify_job(&self) -> Option<VerifyJob>;
 
     /// A read-only kernel scan to run off the sync loop after the first sync.

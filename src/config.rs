@@ -103,6 +103,8 @@ pub struct IpvsSection {
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ConntrackSection {
+    /// Removed upstream long ago; old ConfigMaps still carry `max: 0`.
+    pub max: Option<i64>,
     pub max_per_core: Option<u32>,
     pub min: Option<u32>,
     #[serde(default, deserialize_with = "de_duration")]
@@ -313,6 +315,12 @@ impl KubeProxyConfiguration {
         note(self.winkernel.is_some(), "winkernel");
         note(self.detect_local.is_some(), "detectLocal");
         note(self.oom_score_adj.is_some(), "oomScoreAdj");
+        note(
+            self.conntrack
+                .as_ref()
+                .is_some_and(|c| c.max.is_some_and(|m| m != 0)),
+            "conntrack.max",
+        );
         note(self.config_sync_period.is_some(), "configSyncPeriod");
         note(self.port_range.is_some(), "portRange");
         note(self.windows_run_as_service.is_some(), "windowsRunAsService");
@@ -404,6 +412,11 @@ mod tests {
             KubeProxyConfiguration::parse("conntrack:\n  maxPerCor: 1\n").is_err(),
             "a misspelt field is refused"
         );
+        // Old ConfigMaps' `max` loads; set, it is named as unused.
+        let old = KubeProxyConfiguration::parse("conntrack:\n  max: 0\n").unwrap();
+        assert!(old.unused_fields().is_empty());
+        let old = KubeProxyConfiguration::parse("conntrack:\n  max: 5000\n").unwrap();
+        assert_eq!(old.unused_fields(), vec!["conntrack.max"]);
     }
 
     #[test]

@@ -120,7 +120,14 @@ fn node_sysctls(s: &Settings) -> Vec<(String, String, String)> {
 /// The conntrack table size and timeouts, as upstream sets them at start
 /// (a value that cannot be written is a warning, not a failure).
 fn set_conntrack_limits(s: &Settings) {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The node's online CPUs, as upstream counts them: not this process's
+    // CPU quota or affinity (a limited pod would size the node's table down).
+    // SAFETY: sysconf only reads a system value.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let cpus = usize::try_from(online)
+        .ok()
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let writes = crate::ctlimits::plan(&s.conntrack, cpus);
     crate::ctlimits::apply(&writes, &crate::ctlimits::Roots::default());
 }

@@ -257,7 +257,21 @@ impl Kernel for SystemIptables {
     }
 
     fn has_jump(&mut self, family: Family, jump: &Jump) -> Result<bool> {
-        Ok(self.jump_cmd(family, "-C", jump).output()?.status.success())
+        let out = self.jump_cmd(family, "-C", jump).output()?;
+        match out.status.code() {
+            Some(0) => Ok(true),
+            // 1: no such rule; 2: its target chain does not exist.
+            Some(1) | Some(2) => Ok(false),
+            // 4 (the xtables lock not had in time) and the rest: unknown,
+            // which must not read as "missing" (that would insert a second
+            // jump next to a present one).
+            _ => bail!(
+                "checking jump {} -> {:?}: {}",
+                jump.from,
+                jump.args,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        }
     }
 
     fn ensure_jump(&mut self, family: Family, jump: &Jump) -> Result<bool> {

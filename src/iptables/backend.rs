@@ -100,20 +100,29 @@ impl Backend for IptablesBackend {
         let mut kernel = self.kernel.lock().unwrap();
         for engine in &mut self.engines {
             let family = engine.cfg.family;
+            let mut missing = Vec::new();
             if full {
                 // Checked before the payloads, while a cold node's tables
                 // are still small; the missing ones go in with the chains.
-                let mut missing = Vec::new();
                 for j in jumps() {
                     if !kernel.has_jump(family, &j)? {
                         missing.push(j);
                     }
                 }
-                engine.queue_jumps(missing);
+                engine.queue_jumps(missing.clone());
             }
             let mut feed = super::feed::Feed::new(&mut **kernel, family, &self.written, &mut stats);
             engine.plan_each(ports, changed, full, &mut feed);
             if let Some(e) = feed.failure {
+                // The chains written before are still in place: traffic
+                // reaches them again through the jumps, one -I each, while
+                // the sync retries (a jump whose chain is gone fails here
+                // and waits for a sync that succeeds).
+                for j in &missing {
+                    if let Err(je) = kernel.ensure_jump(family, j) {
+                        tracing::debug!(error = %format!("{je:#}"), from = j.from, "jump not put back yet");
+                    }
+                }
                 return Err(e);
             }
         }

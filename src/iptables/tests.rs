@@ -433,6 +433,22 @@ mod backend_with_fake_kernel {
     }
 
     #[test]
+    fn a_failed_full_sync_still_puts_back_missing_jumps() {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let mut b = backend(&log);
+        let ports = ports_map(vec![service_n(0, 1)]);
+        let all: BTreeSet<_> = ports.keys().cloned().collect();
+        log.lock().unwrap().jumps_present = true;
+        b.sync(&ports, &all, true).unwrap();
+        // A jump deleted by hand, and the full sync that follows fails: the
+        // chains written before are reachable again meanwhile.
+        log.lock().unwrap().jumps_present = false;
+        log.lock().unwrap().fail_next = 1;
+        assert!(b.sync(&ports, &BTreeSet::new(), true).is_err());
+        assert!(log.lock().unwrap().jumps_present, "put back with -I");
+    }
+
+    #[test]
     fn one_large_payload_goes_out_in_pieces_and_a_failed_one_is_forgotten() {
         // As with legacy iptables: the whole table in one payload.
         let ports = ports_map((0..1500).map(|i| service_n(i, 2)).collect());

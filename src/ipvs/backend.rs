@@ -453,6 +453,16 @@ impl Backend for IpvsBackend {
             // Re-read everything next time; drop a socket that may be broken.
             self.primed = false;
             self.ipvs = None;
+            // The jumps into our chains, if one went missing, are put back
+            // now (the chains written before are still there) rather than
+            // after a sync that succeeds; one whose chain is gone waits.
+            for g in &self.s.glue {
+                for j in glue::jumps() {
+                    if let Err(e) = self.ipt.ensure_jump(g.family, &j) {
+                        tracing::debug!(error = %format!("{e:#}"), from = j.from, "jump not put back yet");
+                    }
+                }
+            }
         }
         r
     }
