@@ -194,22 +194,29 @@ def percentile(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-def floor_ms(netns, flavor, chain, i, m, large, reps=10):
-    """Bare restore of one KUBE-SVC chain + its KUBE-SEP chains (the floor);
-    without comments past 1,000 endpoints, as both proxies write them then."""
-    times = []
+def floor_payload(chain, r, m, large):
+    """The floor's restore text for run r: `chain` rewritten to jump to m
+    fresh KUBE-SEP chains (two sets, alternating); without comments past
+    1,000 endpoints, as both proxies write them then."""
     c = "" if large else "-m comment --comment floor "
+    lines = ["*nat", f":{chain} - [0:0]"]
+    for e in range(m):
+        sep = f"KUBE-SEP-FLOOR{r % 2}{e}"
+        lines.insert(2, f":{sep} - [0:0]")
+        lines.append(f"-A {sep} -p tcp {c}-j DNAT --to-destination 10.250.{r % 250}.{e + 1}:8080")
+        lines.append(f"-A {chain} {c}-m statistic --mode random --probability 0.2 -j {sep}")
+    lines.append("COMMIT\n")
+    return "\n".join(lines)
+
+
+def floor_ms(netns, flavor, chain, i, m, large, reps=10):
+    """Bare restore of one KUBE-SVC chain + its KUBE-SEP chains (the floor)."""
+    times = []
     for r in range(reps):
-        lines = ["*nat", f":{chain} - [0:0]"]
-        for e in range(m):
-            sep = f"KUBE-SEP-FLOOR{r % 2}{e}"
-            lines.insert(2, f":{sep} - [0:0]")
-            lines.append(f"-A {sep} -p tcp {c}-j DNAT --to-destination 10.250.{r}.{e + 1}:8080")
-            lines.append(f"-A {chain} {c}-m statistic --mode random --probability 0.2 -j {sep}")
-        lines.append("COMMIT\n")
+        text = floor_payload(chain, r, m, large)
         t = time.monotonic()
         subprocess.run(["ip", "netns", "exec", netns, ipt(flavor, "-restore"), "--noflush"],
-                       input="\n".join(lines), text=True, check=True)
+                       input=text, text=True, check=True)
         times.append((time.monotonic() - t) * 1000)
     return times
 

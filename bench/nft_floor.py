@@ -35,19 +35,6 @@ ROOT = compare.ROOT
 M = 5
 
 
-def restore_text(chain, r, large):
-    """compare.floor_ms's payload, as text (run r)."""
-    c = "" if large else "-m comment --comment floor "
-    lines = ["*nat", f":{chain} - [0:0]"]
-    for e in range(M):
-        sep = f"KUBE-SEP-FLOOR{r % 2}{e}"
-        lines.insert(2, f":{sep} - [0:0]")
-        lines.append(f"-A {sep} -p tcp {c}-j DNAT --to-destination 10.250.{r % 250}.{e + 1}:8080")
-        lines.append(f"-A {chain} {c}-m statistic --mode random --probability 0.2 -j {sep}")
-    lines.append("COMMIT\n")
-    return "\n".join(lines)
-
-
 def program(netns, n, workdir):
     """kube-proxy-rs writes N Services into the namespace and is stopped."""
     objs = os.path.join(workdir, "objects")
@@ -74,7 +61,7 @@ def program(netns, n, workdir):
 def restores(netns, chain, reps, large):
     times = []
     for r in range(reps):
-        text = restore_text(chain, r, large)
+        text = compare.floor_payload(chain, r, M, large)
         t = time.monotonic()
         subprocess.run(["ip", "netns", "exec", netns, "iptables-nft-restore", "--noflush"],
                        input=text, text=True, check=True)
@@ -89,7 +76,7 @@ def perf_top(netns, chain, reps, large, workdir, top=8):
         for r in range(reps):
             payload = os.path.join(workdir, f"payload-{r}.txt")
             with open(payload, "w") as p:
-                p.write(restore_text(chain, r + 1000, large))
+                p.write(compare.floor_payload(chain, r + 1000, M, large))
             fh.write(f"ip netns exec {netns} iptables-nft-restore --noflush < {payload}\n")
     data = os.path.join(workdir, "perf.data")
     rec = subprocess.run(["perf", "record", "-q", "-g", "-o", data, "--", "sh", script],
