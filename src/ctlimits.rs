@@ -29,21 +29,6 @@ pub struct ConntrackSettings {
     pub udp_stream_timeout: Option<Duration>,
 }
 
-impl ConntrackSettings {
-    /// Settings that change nothing on the node.
-    pub fn untouched() -> Self {
-        ConntrackSettings {
-            max_per_core: Some(0),
-            min: Some(0),
-            tcp_established: Some(Duration::ZERO),
-            tcp_close_wait: Some(Duration::ZERO),
-            tcp_be_liberal: false,
-            udp_timeout: None,
-            udp_stream_timeout: None,
-        }
-    }
-}
-
 /// Where a value lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Under {
@@ -228,6 +213,17 @@ pub fn apply(writes: &[Write], roots: &Roots) -> Vec<Outcome> {
 mod tests {
     use super::*;
 
+    /// Settings that change nothing on the node.
+    fn untouched() -> ConntrackSettings {
+        ConntrackSettings {
+            max_per_core: Some(0),
+            min: Some(0),
+            tcp_established: Some(Duration::ZERO),
+            tcp_close_wait: Some(Duration::ZERO),
+            ..Default::default()
+        }
+    }
+
     fn paths(w: &[Write]) -> Vec<(&str, u64)> {
         w.iter().map(|w| (w.path, w.value)).collect()
     }
@@ -266,7 +262,7 @@ mod tests {
 
     #[test]
     fn zeros_leave_the_kernel_alone() {
-        assert!(plan(&ConntrackSettings::untouched(), 4).is_empty());
+        assert!(plan(&untouched(), 4).is_empty());
         let s = ConntrackSettings {
             max_per_core: Some(0),
             tcp_established: Some(Duration::from_millis(500)),
@@ -282,7 +278,7 @@ mod tests {
             udp_timeout: Some(Duration::from_secs(30)),
             udp_stream_timeout: Some(Duration::from_secs(120)),
             tcp_be_liberal: true,
-            ..ConntrackSettings::untouched()
+            ..untouched()
         };
         assert_eq!(
             paths(&plan(&s, 1)),

@@ -226,6 +226,15 @@ fn ports(list: &[ServicePort]) -> Ports {
     list.iter().map(|p| (p.key.clone(), p.clone())).collect()
 }
 
+/// A client holds a connection to real server `addr` of `vs`.
+fn hold_connection(w: &W, vs: &ServiceId, addr: &str) {
+    for d in &mut w.lock().unwrap().vs.get_mut(vs).unwrap().dests {
+        if d.0.addr.to_string() == addr {
+            d.1.active = 1;
+        }
+    }
+}
+
 fn id(addr: &str, port: u16) -> ServiceId {
     ServiceId {
         addr: addr.parse().unwrap(),
@@ -372,11 +381,7 @@ fn busy_tcp_real_servers_drain_then_go() {
         .unwrap();
     let cid = id("10.96.0.10", 80);
     // A client holds a connection to 10.244.2.10 through the clusterIP.
-    for d in &mut w.lock().unwrap().vs.get_mut(&cid).unwrap().dests {
-        if d.0.addr.to_string() == "10.244.2.10" {
-            d.1.active = 1;
-        }
-    }
+    hold_connection(&w, &cid, "10.244.2.10");
     let p2 = web(&["10.244.1.10"]);
     b.sync(
         &ports(std::slice::from_ref(&p2)),
@@ -427,11 +432,7 @@ fn a_new_real_server_goes_in_before_the_leaving_one_is_read_and_drained() {
     b.sync(&ports(std::slice::from_ref(&p)), &BTreeSet::new(), true)
         .unwrap();
     let cid = id("10.96.0.10", 80);
-    for d in &mut w.lock().unwrap().vs.get_mut(&cid).unwrap().dests {
-        if d.0.addr.to_string() == "10.244.2.10" {
-            d.1.active = 1;
-        }
-    }
+    hold_connection(&w, &cid, "10.244.2.10");
     w.lock().unwrap().ipvs_log.clear();
     // 10.244.2.10 is replaced by 10.244.2.11.
     let p2 = web(&["10.244.1.10", "10.244.2.11"]);
