@@ -2,8 +2,8 @@
 //! Precedence: flags > `--config` file > defaults.
 
 use crate::config::{parse_duration, KubeProxyConfiguration};
-use crate::iptables::apply::IptablesFlavor;
 use crate::source::SourceSpec;
+use crate::xtables::IptablesFlavor;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;

@@ -20,3 +20,4 @@ pub mod node;
 pub mod run;
 pub mod source;
 pub mod sync;
+pub mod xtables;

@@ -8,7 +8,7 @@
 //! the real pipeline twice:
 //!
 //! * the daemon's path: `source::Store` -> `sync::model::ModelCache` ->
-//!   `iptables::state::render_full` (the engine's own payload) for each `run::render_configs` config;
+//!   `iptables::state::render_full` (the engine's own payload) for each `iptables::backend::render_configs` config;
 //! * the `render` command's path: the objects written as YAML into a tempdir
 //!   and read back by `run::render_text`, whose payload lines must equal the
 //!   daemon path's.
@@ -1082,10 +1082,10 @@ fn check_payload(
                     ensure!(ip.is_some(), line, "{opt} {v:?} is not an address");
                     let ip = ip.unwrap();
                     ensure!(
-                        Family::of(&ip) == cfg.family,
+                        Family::of(&ip) == cfg.family(),
                         line,
                         "{opt} {v} is not of family {:?}",
-                        cfg.family
+                        cfg.family()
                     );
                 }
             }
@@ -1220,7 +1220,7 @@ fn run_case(input: &Input) -> Result<Vec<(Family, String)>, TestCaseError> {
     let a = allowed(input);
     let tmp = tempfile::tempdir().unwrap();
     let s = settings(&input.knobs, tmp.path());
-    let configs = kube_proxy_rs::run::render_configs(&s, &LOCAL_IPS);
+    let configs = kube_proxy_rs::iptables::backend::render_configs(&s, &LOCAL_IPS);
 
     // Daemon path: Store -> ModelCache -> render_full.
     let mut store = Store::default();
@@ -1245,7 +1245,7 @@ fn run_case(input: &Input) -> Result<Vec<(Family, String)>, TestCaseError> {
         let fam: Vec<&ServicePort> = cache
             .ports
             .values()
-            .filter(|p| p.key.family == cfg.family)
+            .filter(|p| p.key.family == cfg.family())
             .collect();
         // (d) reads the Service from each DNAT rule's comment, which large
         // cluster mode (over 1,000 endpoints) leaves out: cases stay below.
@@ -1257,10 +1257,10 @@ fn run_case(input: &Input) -> Result<Vec<(Family, String)>, TestCaseError> {
         check_payload(&payload, cfg, &fam, &a)?;
         PAYLOADS.fetch_add(1, Relaxed);
         DNATS.fetch_add(payload.matches("-j DNAT").count(), Relaxed);
-        if !(cfg.family == Family::V6 && fam.is_empty()) {
+        if !(cfg.family() == Family::V6 && fam.is_empty()) {
             expected_text.push_str(&payload);
         }
-        payloads.push((cfg.family, payload));
+        payloads.push((cfg.family(), payload));
     }
 
     // With this node's zone known (topology hints) the same must hold.
@@ -1274,7 +1274,7 @@ fn run_case(input: &Input) -> Result<Vec<(Family, String)>, TestCaseError> {
             let fam: Vec<&ServicePort> = zoned
                 .ports
                 .values()
-                .filter(|p| p.key.family == cfg.family)
+                .filter(|p| p.key.family == cfg.family())
                 .collect();
             check_payload(&render_full(&fam, cfg), cfg, &fam, &a)?;
         }

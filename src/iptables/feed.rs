@@ -4,11 +4,11 @@
 //! payloads of the sync are only forgotten (the engine then rewrites
 //! everything on the next sync).
 
-use super::apply::{Kernel, RestoreInput};
 use super::payload::{Payload, PayloadSink};
 use super::written;
 use crate::backend::SyncStats;
 use crate::model::Family;
+use crate::xtables::kernel::{Kernel, RestoreInput};
 
 /// A payload's start, on its way to the kernel.
 enum Started {

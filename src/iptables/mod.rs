@@ -1,6 +1,5 @@
 //! The iptables backend: model -> iptables-restore payloads -> kernel.
 
-pub mod apply;
 pub mod backend;
 mod feed;
 pub mod fixed;

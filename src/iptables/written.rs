@@ -28,15 +28,7 @@ fn key_of(family: Family, table: Table, name: &ChainName) -> Key {
     h.finish()
 }
 
-/// Chains other software also writes (kubelet, older kubelets, the host
-/// firewall): their rule counts are not ours to check.
-const SHARED: [&str; 5] = [
-    "KUBE-FIREWALL",
-    "KUBE-POSTROUTING",
-    "KUBE-MARK-MASQ",
-    "KUBE-MARK-DROP",
-    "KUBE-KUBELET-CANARY",
-];
+use crate::xtables::names::WRITTEN_BY_OTHERS;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -90,7 +82,7 @@ impl Written {
     pub fn commit(&mut self, family: Family, p: &Payload) {
         self.gen += 1;
         for ((table, name), _, n) in &p.writes {
-            if SHARED.contains(&name.as_str()) {
+            if WRITTEN_BY_OTHERS.contains(&name.as_str()) {
                 continue;
             }
             let e = Entry {

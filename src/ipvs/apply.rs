@@ -90,7 +90,7 @@ impl IpsetKernel for SystemIpset {
         let out = child.wait_with_output()?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            let line = crate::iptables::apply::failing_line(&err, payload)
+            let line = crate::xtables::kernel::failing_line(&err, payload)
                 .map(|l| format!(" (payload line: {l})"))
                 .unwrap_or_default();
             bail!("ipset restore failed: {err}{line}");

@@ -452,5 +452,4 @@ pub fn suggests_fallback(errno: i32) -> bool {
 }
 
 #[cfg(test)]
-#[path = "ipset_wire_tests.rs"]
 mod tests;

@@ -2,138 +2,39 @@
 //! masquerade marks, NodePort and load-balancer handling, hairpin, and the
 //! filter that stops kube-ipvs0 addresses answering on non-service ports.
 //! Everything matches ipsets, so the payload stays a few dozen lines at any
-//! cluster size and changes only when a set becomes (non-)empty.
+//! cluster size and changes only when a set becomes (non-)empty. Chain
+//! names and jumps are [`crate::xtables`]'s.
 
 use super::ipset::SetKind;
-use crate::iptables::render::{Jump, Table};
 use crate::model::Family;
-use ipnet::IpNet;
+use crate::xtables::names::*;
+use crate::xtables::Masquerade;
 use std::collections::BTreeSet;
-
-pub const NAT_CHAINS: [&str; 5] = [
-    "KUBE-SERVICES",
-    "KUBE-POSTROUTING",
-    "KUBE-NODE-PORT",
-    "KUBE-LOAD-BALANCER",
-    "KUBE-MARK-MASQ",
-];
-pub const FILTER_CHAINS: [&str; 6] = [
-    "KUBE-FORWARD",
-    "KUBE-NODE-PORT",
-    "KUBE-PROXY-FIREWALL",
-    "KUBE-SOURCE-RANGES-FIREWALL",
-    "KUBE-IPVS-FILTER",
-    "KUBE-IPVS-OUT-FILTER",
-];
-
-/// Knobs of one family's rules.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GlueConfig {
-    pub family: Family,
-    pub masquerade_all: bool,
-    /// Pod traffic is "local" (the first `--cluster-cidr` of this family).
-    pub cluster_cidr: Option<IpNet>,
-    pub masquerade_bit: u8,
-    pub random_fully: bool,
-}
 
 /// `-s <lb> -m ipvs --vaddr <lb> --vproto <p> --vport <port>` parts of
 /// load-balancer IPs whose source ranges leave the node itself out.
 pub type OutFilter = BTreeSet<(std::net::IpAddr, &'static str, u16)>;
 
-/// The jumps from built-in chains, in the order upstream inserts them (each
-/// at the top, so later ones of a chain end up first).
-pub fn jumps() -> Vec<Jump> {
-    let j = |table, from: &'static str, to: &str, comment: &str| Jump {
-        table,
-        from,
-        args: vec![
-            "-m".into(),
-            "comment".into(),
-            "--comment".into(),
-            comment.into(),
-            "-j".into(),
-            to.into(),
-        ],
-    };
-    vec![
-        j(
-            Table::Nat,
-            "OUTPUT",
-            "KUBE-SERVICES",
-            "kubernetes service portals",
-        ),
-        j(
-            Table::Nat,
-            "PREROUTING",
-            "KUBE-SERVICES",
-            "kubernetes service portals",
-        ),
-        j(
-            Table::Nat,
-            "POSTROUTING",
-            "KUBE-POSTROUTING",
-            "kubernetes postrouting rules",
-        ),
-        j(
-            Table::Filter,
-            "FORWARD",
-            "KUBE-FORWARD",
-            "kubernetes forwarding rules",
-        ),
-        j(
-            Table::Filter,
-            "INPUT",
-            "KUBE-NODE-PORT",
-            "kubernetes health check rules",
-        ),
-        j(
-            Table::Filter,
-            "INPUT",
-            "KUBE-PROXY-FIREWALL",
-            "kube-proxy firewall rules",
-        ),
-        j(
-            Table::Filter,
-            "FORWARD",
-            "KUBE-PROXY-FIREWALL",
-            "kube-proxy firewall rules",
-        ),
-        j(
-            Table::Filter,
-            "INPUT",
-            "KUBE-IPVS-FILTER",
-            "kubernetes ipvs access filter",
-        ),
-        j(
-            Table::Filter,
-            "OUTPUT",
-            "KUBE-IPVS-OUT-FILTER",
-            "kubernetes ipvs access filter",
-        ),
-    ]
-}
-
 /// The full `iptables-restore --noflush` payload of one family. `nonempty`
 /// names the sets that hold at least one entry.
-pub fn render(cfg: &GlueConfig, nonempty: &BTreeSet<SetKind>, out_filter: &OutFilter) -> String {
+pub fn render(cfg: &Masquerade, nonempty: &BTreeSet<SetKind>, out_filter: &OutFilter) -> String {
     let f = cfg.family;
     let set = |k: SetKind| k.name(f);
     let has = |k: SetKind| nonempty.contains(&k);
-    let mark = format!("{:#x}", 1u32 << cfg.masquerade_bit);
+    let mark = cfg.mark();
     let mut nat: Vec<String> = Vec::new();
     let mut filter: Vec<String> = Vec::new();
     let loopback = match f {
         Family::V4 => "127.0.0.0/8",
         Family::V6 => "::1/128",
     };
-    nat.push(format!("-A KUBE-SERVICES -s {loopback} -j RETURN"));
+    nat.push(format!("-A {KUBE_SERVICES} -s {loopback} -j RETURN"));
     // Set-driven jumps, each only when its set has entries.
     let set_rules: [(bool, SetKind, &str, &str, &str, &str); 12] = [
         (
             true,
             SetKind::LoopBack,
-            "KUBE-POSTROUTING",
+            KUBE_POSTROUTING,
             "",
             "dst,dst,src",
             "MASQUERADE",
@@ -141,15 +42,15 @@ pub fn render(cfg: &GlueConfig, nonempty: &BTreeSet<SetKind>, out_filter: &OutFi
         (
             true,
             SetKind::LoadBalancer,
-            "KUBE-SERVICES",
+            KUBE_SERVICES,
             "",
             "dst,dst",
-            "KUBE-LOAD-BALANCER",
+            KUBE_LOAD_BALANCER,
         ),
         (
             true,
             SetKind::LoadBalancerLocal,
-            "KUBE-LOAD-BALANCER",
+            KUBE_LOAD_BALANCER,
             "",
             "dst,dst",
             "RETURN",
@@ -157,7 +58,7 @@ pub fn render(cfg: &GlueConfig, nonempty: &BTreeSet<SetKind>, out_filter: &OutFi
         (
             true,
             SetKind::NodePortLocalTcp,
-            "KUBE-NODE-PORT",
+            KUBE_NODE_PORT,
             "tcp",
             "dst",
             "RETURN",
@@ -165,15 +66,15 @@ pub fn render(cfg: &GlueConfig, nonempty: &BTreeSet<SetKind>, out_filter: &OutFi
         (
             true,
             SetKind::NodePortTcp,
-            "KUBE-NODE-PORT",
+            KUBE_NODE_PORT,
             "tcp",
             "dst",
-            "KUBE-MARK-MASQ",
+            KUBE_MARK_MASQ,
         ),
         (
             true,
             SetKind::NodePortLocalUdp,
-            "KUBE-NODE-PORT",
+            KUBE_NODE_PORT,
             "udp",
             "dst",
             "RETURN",
@@ -181,15 +82,15 @@ pub fn render(cfg: &GlueConfig, nonempty: &BTreeSet<SetKind>, out_filter: &OutFi
         (
             true,
             SetKind::NodePortUdp,
-            "KUBE-NODE-PORT",
+            KUBE_NODE_PORT,
             "udp",
             "dst",
-            "KUBE-MARK-MASQ",
+            KUBE_MARK_MASQ,
         ),
         (
             true,
             SetKind::NodePortLocalSctp,
-            "KUBE-NODE-PORT",
+            KUBE_NODE_PORT,
             "sctp",
             "dst,dst",
             "RETURN",
@@ -197,23 +98,23 @@ pub fn render(cfg: &GlueConfig, nonempty: &BTreeSet<SetKind>, out_filter: &OutFi
         (
             true,
             SetKind::NodePortSctp,
-            "KUBE-NODE-PORT",
+            KUBE_NODE_PORT,
             "sctp",
             "dst,dst",
-            "KUBE-MARK-MASQ",
+            KUBE_MARK_MASQ,
         ),
         (
             false,
             SetKind::LoadBalancerFw,
-            "KUBE-PROXY-FIREWALL",
+            KUBE_PROXY_FIREWALL,
             "",
             "dst,dst",
-            "KUBE-SOURCE-RANGES-FIREWALL",
+            KUBE_SOURCE_RANGES_FIREWALL,
         ),
         (
             false,
             SetKind::LoadBalancerSourceCidr,
-            "KUBE-SOURCE-RANGES-FIREWALL",
+            KUBE_SOURCE_RANGES_FIREWALL,
             "",
             "dst,dst,src",
             "RETURN",
@@ -221,7 +122,7 @@ pub fn render(cfg: &GlueConfig, nonempty: &BTreeSet<SetKind>, out_filter: &OutFi
         (
             false,
             SetKind::LoadBalancerSourceIp,
-            "KUBE-SOURCE-RANGES-FIREWALL",
+            KUBE_SOURCE_RANGES_FIREWALL,
             "",
             "dst,dst,src",
             "RETURN",
@@ -245,16 +146,17 @@ pub fn render(cfg: &GlueConfig, nonempty: &BTreeSet<SetKind>, out_filter: &OutFi
     }
     if has(SetKind::ClusterIp) {
         let prefix = format!(
-            "-A KUBE-SERVICES -m comment --comment \"{}\" -m set --match-set {}",
+            "-A {KUBE_SERVICES} -m comment --comment \"{}\" -m set --match-set {}",
             SetKind::ClusterIp.comment(),
             set(SetKind::ClusterIp)
         );
-        nat.push(match (&cfg.cluster_cidr, cfg.masquerade_all) {
-            (_, true) => format!("{prefix} dst,dst -j KUBE-MARK-MASQ"),
-            (Some(cidr), false) => format!("{prefix} dst,dst ! -s {cidr} -j KUBE-MARK-MASQ"),
+        // Pod traffic is "local": the first `--cluster-cidr` of the family.
+        nat.push(match (cfg.cluster_cidrs.first(), cfg.masquerade_all) {
+            (_, true) => format!("{prefix} dst,dst -j {KUBE_MARK_MASQ}"),
+            (Some(cidr), false) => format!("{prefix} dst,dst ! -s {cidr} -j {KUBE_MARK_MASQ}"),
             // No way to tell pod traffic: masquerade what the node itself
             // sends from a VIP.
-            (None, false) => format!("{prefix} src,dst -j KUBE-MARK-MASQ"),
+            (None, false) => format!("{prefix} src,dst -j {KUBE_MARK_MASQ}"),
         });
     }
     for (kind, masq) in [
@@ -265,40 +167,42 @@ pub fn render(cfg: &GlueConfig, nonempty: &BTreeSet<SetKind>, out_filter: &OutFi
             continue;
         }
         let prefix = format!(
-            "-A KUBE-SERVICES -m comment --comment \"{}\" -m set --match-set {} dst,dst",
+            "-A {KUBE_SERVICES} -m comment --comment \"{}\" -m set --match-set {} dst,dst",
             kind.comment(),
             set(kind)
         );
         if masq {
-            nat.push(format!("{prefix} -j KUBE-MARK-MASQ"));
+            nat.push(format!("{prefix} -j {KUBE_MARK_MASQ}"));
         }
         nat.push(format!(
             "{prefix} -m physdev ! --physdev-is-in -m addrtype ! --src-type LOCAL -j ACCEPT"
         ));
         nat.push(format!("{prefix} -m addrtype --dst-type LOCAL -j ACCEPT"));
     }
-    nat.push("-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT".into());
-    nat.push("-A KUBE-LOAD-BALANCER -j KUBE-MARK-MASQ".into());
-    filter.push("-A KUBE-SOURCE-RANGES-FIREWALL -j DROP".into());
+    nat.push(format!(
+        "-A {KUBE_SERVICES} -m addrtype --dst-type LOCAL -j {KUBE_NODE_PORT}"
+    ));
+    nat.push(format!("-A {KUBE_LOAD_BALANCER} -j {KUBE_MARK_MASQ}"));
+    filter.push(format!("-A {KUBE_SOURCE_RANGES_FIREWALL} -j DROP"));
     for (ip, proto, port) in out_filter {
         filter.push(format!(
-            "-A KUBE-IPVS-OUT-FILTER -s {ip} -m ipvs --vaddr {ip} --vproto {proto} --vport {port} -j DROP"
+            "-A {KUBE_IPVS_OUT_FILTER} -s {ip} -m ipvs --vaddr {ip} --vproto {proto} --vport {port} -j DROP"
         ));
     }
     for kind in [SetKind::ClusterIp, SetKind::LoadBalancer] {
         if has(kind) {
             nat.push(format!(
-                "-A KUBE-SERVICES -m set --match-set {} dst,dst -j ACCEPT",
+                "-A {KUBE_SERVICES} -m set --match-set {} dst,dst -j ACCEPT",
                 set(kind)
             ));
         }
     }
     filter.push(format!(
-        "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark {mark}/{mark} -j ACCEPT"
+        "-A {KUBE_FORWARD} -m comment --comment \"kubernetes forwarding rules\" -m mark --mark {mark}/{mark} -j ACCEPT"
     ));
-    filter.push("-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".into());
+    filter.push(format!("-A {KUBE_FORWARD} -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"));
     filter.push(format!(
-        "-A KUBE-NODE-PORT -m comment --comment \"{}\" -m set --match-set {} dst -j ACCEPT",
+        "-A {KUBE_NODE_PORT} -m comment --comment \"{}\" -m set --match-set {} dst -j ACCEPT",
         SetKind::HealthCheckNodePort.comment(),
         set(SetKind::HealthCheckNodePort)
     ));
@@ -309,16 +213,16 @@ pub fn render(cfg: &GlueConfig, nonempty: &BTreeSet<SetKind>, out_filter: &OutFi
         SetKind::ExternalIpLocal,
     ] {
         filter.push(format!(
-            "-A KUBE-IPVS-FILTER -m set --match-set {} dst,dst -j RETURN",
+            "-A {KUBE_IPVS_FILTER} -m set --match-set {} dst,dst -j RETURN",
             set(kind)
         ));
     }
     filter.push(format!(
-        "-A KUBE-IPVS-FILTER -m set --match-set {} dst -j RETURN",
+        "-A {KUBE_IPVS_FILTER} -m set --match-set {} dst -j RETURN",
         set(SetKind::HealthCheckNodePort)
     ));
     filter.push(format!(
-        "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set {} dst -j REJECT",
+        "-A {KUBE_IPVS_FILTER} -m conntrack --ctstate NEW -m set --match-set {} dst -j REJECT",
         set(SetKind::IpvsIps)
     ));
     let random = if cfg.random_fully {
@@ -327,14 +231,14 @@ pub fn render(cfg: &GlueConfig, nonempty: &BTreeSet<SetKind>, out_filter: &OutFi
         ""
     };
     nat.push(format!(
-        "-A KUBE-POSTROUTING -m mark ! --mark {mark}/{mark} -j RETURN"
+        "-A {KUBE_POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN"
     ));
-    nat.push(format!("-A KUBE-POSTROUTING -j MARK --xor-mark {mark}"));
-    nat.push(format!("-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE{random}"));
-    nat.push(format!("-A KUBE-MARK-MASQ -j MARK --or-mark {mark}"));
+    nat.push(format!("-A {KUBE_POSTROUTING} -j MARK --xor-mark {mark}"));
+    nat.push(format!("-A {KUBE_POSTROUTING} -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE{random}"));
+    nat.push(format!("-A {KUBE_MARK_MASQ} -j MARK --or-mark {mark}"));
 
     let mut out = String::from("*nat\n");
-    for c in NAT_CHAINS {
+    for c in IPVS_NAT_CHAINS {
         out.push_str(&format!(":{c} - [0:0]\n"));
     }
     for r in nat {
@@ -342,7 +246,7 @@ pub fn render(cfg: &GlueConfig, nonempty: &BTreeSet<SetKind>, out_filter: &OutFi
         out.push('\n');
     }
     out.push_str("COMMIT\n*filter\n");
-    for c in FILTER_CHAINS {
+    for c in IPVS_FILTER_CHAINS {
         out.push_str(&format!(":{c} - [0:0]\n"));
     }
     for r in filter {
@@ -357,13 +261,10 @@ pub fn render(cfg: &GlueConfig, nonempty: &BTreeSet<SetKind>, out_filter: &OutFi
 mod tests {
     use super::*;
 
-    fn cfg() -> GlueConfig {
-        GlueConfig {
-            family: Family::V4,
-            masquerade_all: false,
-            cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
-            masquerade_bit: 14,
-            random_fully: true,
+    fn cfg() -> Masquerade {
+        Masquerade {
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            ..Masquerade::new(Family::V4)
         }
     }
 
@@ -391,7 +292,7 @@ mod tests {
         let acc = t.find("KUBE-CLUSTER-IP dst,dst -j ACCEPT").unwrap();
         assert!(np < acc);
         let all = render(
-            &GlueConfig {
+            &Masquerade {
                 masquerade_all: true,
                 ..cfg()
             },
@@ -400,8 +301,8 @@ mod tests {
         );
         assert!(all.contains("KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ"));
         let none = render(
-            &GlueConfig {
-                cluster_cidr: None,
+            &Masquerade {
+                cluster_cidrs: vec![],
                 ..cfg()
             },
             &sets,
@@ -412,22 +313,10 @@ mod tests {
 
     #[test]
     fn ipv6_names_and_loopback() {
-        let c = GlueConfig {
-            family: Family::V6,
-            cluster_cidr: None,
-            ..cfg()
-        };
+        let c = Masquerade::new(Family::V6);
         let t = render(&c, &[SetKind::ClusterIp].into(), &OutFilter::new());
         assert!(t.contains("-A KUBE-SERVICES -s ::1/128 -j RETURN"));
         assert!(t.contains("KUBE-6-CLUSTER-IP"));
         assert!(!t.contains(" KUBE-CLUSTER-IP"));
-    }
-
-    #[test]
-    fn jumps_match_upstream_order() {
-        let j = jumps();
-        assert_eq!(j.len(), 9);
-        assert_eq!(j[0].from, "OUTPUT");
-        assert_eq!(j[8].args.last().unwrap(), "KUBE-IPVS-OUT-FILTER");
     }
 }

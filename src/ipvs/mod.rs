@@ -3,8 +3,8 @@
 //! and a small set of ipset-driven iptables rules around them.
 //!
 //! Pure: [`wire`] (netlink attributes), [`desired`] (model -> desired state
-//! and the diff), [`state`] (incremental desired state), [`ipset`], [`glue`]
-//! (iptables payload), [`sysctl`] (plan), [`render`] (text for `render`),
+//! and the diff), [`state`] (incremental desired state), [`ipset`],
+//! [`iptables_rules`] (the iptables payload), [`sysctl`] (plan), [`render`] (text for `render`),
 //! [`ipset_wire`] (ipset entry changes as netfilter netlink messages).
 //! I/O: [`netlink`] (IPVS over generic netlink), [`link`] (rtnetlink),
 //! [`apply`] (ipset restore, and entry changes over [`ipset_nl`]);
@@ -13,10 +13,10 @@
 pub mod apply;
 pub mod backend;
 pub mod desired;
-pub mod glue;
 pub mod ipset;
 pub mod ipset_nl;
 pub mod ipset_wire;
+pub mod iptables_rules;
 pub mod link;
 pub mod netlink;
 pub mod render;

@@ -38,6 +38,15 @@ pub fn of_family(ips: &[IpAddr], family: Family) -> Vec<IpAddr> {
         .collect()
 }
 
+/// One sysctl to hold at a value, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sysctl {
+    /// Relative to /proc/sys, e.g. `net/ipv4/vs/conntrack`.
+    pub key: &'static str,
+    pub value: &'static str,
+    pub why: &'static str,
+}
+
 /// Writes a sysctl under /proc/sys, logging what changed.
 pub fn set_sysctl(name: &str, value: &str) -> std::io::Result<()> {
     let path = format!("/proc/sys/{}", name.replace('.', "/"));

@@ -1,11 +1,30 @@
-//! The iptables applier: the only code here that runs iptables binaries.
-//! Whole payloads go to `iptables-restore --noflush` over stdin.
+//! The iptables binaries, behind the [`Kernel`] trait (faked in tests by
+//! [`super::fake`]): the only code that runs them. Whole payloads go to
+//! `iptables-restore --noflush` over stdin; jumps from built-in chains are
+//! checked and inserted one `iptables -C`/`-I` each.
 
-use super::render::{Jump, Table};
+use super::jumps::Jump;
 use crate::model::Family;
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+/// The two tables kube-proxy writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    Filter,
+    Nat,
+}
+
+impl Table {
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Filter => "filter",
+            Table::Nat => "nat",
+        }
+    }
+}
 
 /// Which iptables binaries to run (the node's choice, as with upstream).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -44,6 +63,9 @@ pub trait Kernel: Send {
     /// Legacy iptables rewrites the whole table on each restore.
     fn is_legacy(&mut self) -> bool;
 }
+
+/// Builds a fresh kernel handle (background checks run on their own).
+pub type KernelFactory = Arc<dyn Fn() -> Box<dyn Kernel> + Send + Sync>;
 
 /// A restore being fed: the payload's pieces, then its end.
 pub trait RestoreInput: Send {
@@ -325,6 +347,21 @@ impl Kernel for SystemIptables {
     }
 }
 
+/// A factory of handles on the node's iptables binaries of `flavor`
+/// (`auto` resolved once here, see [`detect_flavor`]).
+pub fn system_factory(mut flavor: IptablesFlavor) -> KernelFactory {
+    if flavor == IptablesFlavor::Auto {
+        flavor = detect_flavor();
+        if flavor != IptablesFlavor::Auto {
+            tracing::info!(
+                ?flavor,
+                "following the iptables mode kubelet uses on this node"
+            );
+        }
+    }
+    Arc::new(move || Box::new(SystemIptables::new(flavor)) as Box<dyn Kernel>)
+}
+
 /// Resolves `auto` the way upstream's iptables-wrapper does: the mode whose
 /// mangle table already holds kubelet's hint chains wins, so the proxy writes
 /// where the node's other Kubernetes rules are; otherwise the host default.
@@ -354,64 +391,6 @@ pub fn detect_flavor() -> IptablesFlavor {
         (true, false) => IptablesFlavor::Nft,
         _ => IptablesFlavor::Auto,
     }
-}
-
-/// Chain names declared in an `iptables-save` dump (`:NAME POLICY [p:b]`).
-pub fn declared_chains(save: &str) -> Vec<String> {
-    save.lines()
-        .filter_map(declared_chain)
-        .map(str::to_string)
-        .collect()
-}
-
-/// The chain a dump line declares, if it is a declaration.
-pub fn declared_chain(line: &str) -> Option<&str> {
-    line.strip_prefix(':')?.split_whitespace().next()
-}
-
-/// Chain names declared in `iptables-save -t <table>`, read as a stream.
-pub fn declared_chains_in(
-    kernel: &mut dyn Kernel,
-    family: Family,
-    table: Table,
-    keep: impl Fn(&str) -> bool,
-) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    kernel.save_each(family, table, &mut |l| {
-        if let Some(c) = declared_chain(l).filter(|c| keep(c)) {
-            out.push(c.to_string());
-        }
-    })?;
-    Ok(out)
-}
-
-/// Whether every jump of `jumps` is in place (`-C`; nothing is written).
-/// A missing one is logged; the caller asks for a full sync, which puts it
-/// back. Only the sync loop writes jumps, so a check running beside a sync
-/// can never insert one a second time.
-pub fn jumps_intact(kernel: &mut dyn Kernel, family: Family, jumps: &[Jump]) -> Result<bool> {
-    let mut intact = true;
-    for j in jumps {
-        if !kernel.has_jump(family, j)? {
-            tracing::warn!(
-                from = j.from,
-                table = j.table.name(),
-                ?family,
-                "a kube-proxy jump rule is missing; a full sync puts it back"
-            );
-            intact = false;
-        }
-    }
-    Ok(intact)
-}
-
-/// The jumps as `render` prints them, one `iptables -I` line each.
-pub fn describe_jumps(tool: &str, jumps: &[Jump]) -> String {
-    let mut out = format!("# jumps ensured in built-in chains ({tool} -t TABLE -I CHAIN ...):\n");
-    for j in jumps {
-        out.push_str(&format!("#   -t {} {}\n", j.table.name(), j.insert_line()));
-    }
-    out
 }
 
 #[cfg(test)]
@@ -467,12 +446,5 @@ mod tests {
                 assert!(err.ends_with(&format!("(payload line: {want})")), "{err}");
             }
         }
-    }
-
-    #[test]
-    fn parses_declared_chains() {
-        let save = "# Generated\n*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SVC-ABC - [0:0]\n-A KUBE-SVC-ABC -j X\nCOMMIT\n";
-        let got: Vec<&str> = save.lines().filter_map(declared_chain).collect();
-        assert_eq!(got, vec!["PREROUTING", "KUBE-SVC-ABC"]);
     }
 }

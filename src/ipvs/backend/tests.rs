@@ -1,10 +1,10 @@
 //! The IPVS backend against fake kernels: what it writes, and only that.
 
 use super::*;
-use crate::iptables::render::Jump;
 use crate::ipvs::wire::{DestStats, Destination};
 use crate::model::fixtures::{endpoint, service_port};
 use crate::model::{Protocol, ServicePort};
+use crate::xtables::fake::FakeIptables;
 use std::sync::Mutex;
 
 #[derive(Default)]
@@ -12,8 +12,8 @@ struct World {
     vs: BTreeMap<ServiceId, Current>,
     ops: Vec<Op>,
     link: Option<BTreeSet<IpAddr>>,
-    restores: Vec<String>,
-    jumps: BTreeSet<String>,
+    /// The iptables side.
+    ipt: FakeIptables,
     ipset_payloads: Vec<String>,
     /// Entry changes sent over (fake) netlink, one Vec per call.
     ipset_changes: Vec<Vec<String>>,
@@ -120,66 +120,18 @@ impl LinkKernel for FakeLink {
     }
 }
 
-struct FakeIpt(W);
-impl Kernel for FakeIpt {
-    fn restore(&mut self, _f: Family, payload: &str) -> Result<()> {
-        self.0.lock().unwrap().restores.push(payload.to_string());
-        Ok(())
-    }
-    fn save_each(&mut self, _f: Family, table: Table, each: &mut dyn FnMut(&str)) -> Result<()> {
-        let chains = match table {
-            Table::Nat => &NAT_CHAINS[..],
-            Table::Filter => &FILTER_CHAINS[..],
-        };
-        chains.iter().for_each(|c| each(&format!(":{c} - [0:0]")));
-        Ok(())
-    }
-    fn has_jump(&mut self, _f: Family, j: &Jump) -> Result<bool> {
-        Ok(self
-            .0
-            .lock()
-            .unwrap()
-            .jumps
-            .contains(&format!("{} {}", j.from, j.args.join(" "))))
-    }
-    fn ensure_jump(&mut self, _f: Family, j: &Jump) -> Result<bool> {
-        Ok(self
-            .0
-            .lock()
-            .unwrap()
-            .jumps
-            .insert(format!("{} {}", j.from, j.args.join(" "))))
-    }
-    fn delete_jump(&mut self, _f: Family, j: &Jump) -> Result<()> {
-        self.0
-            .lock()
-            .unwrap()
-            .jumps
-            .remove(&format!("{} {}", j.from, j.args.join(" ")));
-        Ok(())
-    }
-    fn available(&mut self, _f: Family) -> bool {
-        true
-    }
-    fn is_legacy(&mut self) -> bool {
-        false
-    }
-}
-
 fn backend(w: &W, sysctl_root: &std::path::Path) -> IpvsBackend {
-    let (a, b, c) = (w.clone(), w.clone(), w.clone());
+    let (a, b) = (w.clone(), w.clone());
+    let ipt = w.lock().unwrap().ipt.factory();
     let s = IpvsSettings {
         scheduler: "rr".into(),
         strict_arp: true,
         exclude_cidrs: vec!["172.30.0.0/16".parse().unwrap()],
         nodeport_addresses: vec![],
         nodeport_primary: false,
-        glue: vec![GlueConfig {
-            family: Family::V4,
-            masquerade_all: false,
-            cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
-            masquerade_bit: 14,
-            random_fully: true,
+        families: vec![Masquerade {
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            ..Masquerade::new(Family::V4)
         }],
         drain_timeout: Duration::from_secs(600),
         drain_check: Duration::from_secs(2),
@@ -189,7 +141,7 @@ fn backend(w: &W, sysctl_root: &std::path::Path) -> IpvsBackend {
         s,
         Arc::new(move || Ok(Box::new(FakeIpvs(a.clone())) as Box<dyn IpvsKernel>)),
         Arc::new(move || Box::new(FakeLink(b.clone())) as Box<dyn LinkKernel>),
-        Arc::new(move || Box::new(FakeIpt(c.clone())) as Box<dyn Kernel>),
+        ipt,
         Box::new(FakeIpset(w.clone())),
     )
 }
@@ -289,10 +241,11 @@ fn first_sync_programs_everything() {
     assert_eq!(w.sets["KUBE-NODE-PORT-TCP"], ["30080".to_string()].into());
     assert_eq!(w.sets["KUBE-EXTERNAL-IP"].len(), 2);
     assert_eq!(w.sets["KUBE-IPVS-IPS"].len(), 2);
-    assert_eq!(w.restores.len(), 1);
-    assert!(w.restores[0]
+    let ipt = w.ipt.state();
+    assert_eq!(ipt.restores.len(), 1);
+    assert!(ipt.restores[0]
         .contains("-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT"));
-    assert_eq!(w.jumps.len(), 9);
+    assert_eq!(ipt.jumps.len(), 9);
     let read = |k: &str| std::fs::read_to_string(dir.path().join(k)).unwrap();
     assert_eq!(read("net/ipv4/vs/conntrack"), "1");
     assert_eq!(read("net/ipv4/conf/all/arp_ignore"), "1");
@@ -317,7 +270,7 @@ fn an_endpoint_change_touches_only_its_real_servers() {
     b.sync(&ports(&[p.clone(), other.clone()]), &BTreeSet::new(), true)
         .unwrap();
     w.lock().unwrap().ops.clear();
-    let restores = w.lock().unwrap().restores.len();
+    let restores = w.lock().unwrap().ipt.state().restores.len();
     let ipsets = w.lock().unwrap().ipset_payloads.len();
     let changes = w.lock().unwrap().ipset_changes.len();
 
@@ -341,7 +294,7 @@ fn an_endpoint_change_touches_only_its_real_servers() {
         .iter()
         .all(|o| matches!(o, Op::AddDest(_, d) if d.addr.to_string() == "10.244.2.11")));
     assert_eq!(
-        w2.restores.len(),
+        w2.ipt.state().restores.len(),
         restores,
         "no iptables write: no set became (non-)empty"
     );
@@ -364,7 +317,8 @@ fn deleting_a_service_removes_its_servers_addresses_and_entries() {
     assert!(w.vs.is_empty(), "{:?}", w.vs.keys());
     assert!(w.link.as_ref().unwrap().is_empty());
     assert!(w.sets.values().all(|s| s.is_empty()), "{:?}", w.sets);
-    let last = w.restores.last().unwrap();
+    let ipt = w.ipt.state();
+    let last = ipt.restores.last().unwrap();
     assert!(
         !last.contains("KUBE-CLUSTER-IP dst,dst -j ACCEPT"),
         "rules for empty sets go"
@@ -532,9 +486,10 @@ fn cleanup_removes_what_ipvs_mode_owns() {
     let w = w.lock().unwrap();
     assert!(w.vs.is_empty());
     assert!(w.link.is_none());
-    assert!(w.jumps.is_empty());
+    assert!(w.ipt.state().jumps.is_empty());
     assert_eq!(w.sets.keys().collect::<Vec<_>>(), vec!["SOMEONE-ELSE"]);
-    let last = w.restores.last().unwrap();
+    let ipt = w.ipt.state();
+    let last = ipt.restores.last().unwrap();
     assert!(
         last.contains("-X KUBE-IPVS-FILTER") && last.contains("-X KUBE-LOAD-BALANCER"),
         "{last}"
@@ -652,6 +607,5 @@ fn incremental_ipset_changes_follow_each_other() {
     assert_eq!(w.sets["KUBE-IPVS-IPS"].len(), 2);
 }
 
-#[path = "backend_ipset_tests.rs"]
 mod ipset_sync;
 use ipset_sync::FakeIpset;
