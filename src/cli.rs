@@ -184,7 +184,7 @@ pub struct Settings {
     pub healthz_bind_address: Option<std::net::SocketAddr>,
     pub metrics_bind_address: Option<std::net::SocketAddr>,
     pub bind_address_hard_fail: bool,
-    pub conntrack: crate::ctlimits::ConntrackSettings,
+    pub conntrack: crate::conntrack::limits::ConntrackSettings,
 }
 
 /// `ip:port` (or `[v6]:port`); empty means disabled.
@@ -297,7 +297,7 @@ impl Flags {
             bail!("sync period must be greater than 0");
         }
         let ct = file.conntrack.as_ref();
-        let conntrack = crate::ctlimits::ConntrackSettings {
+        let conntrack = crate::conntrack::limits::ConntrackSettings {
             max_per_core: self
                 .conntrack_max_per_core
                 .or(ct.and_then(|c| c.max_per_core)),
@@ -515,7 +515,7 @@ mod tests {
         assert_eq!(c.udp_timeout, Some(Duration::from_secs(30)));
         assert_eq!(c.udp_stream_timeout, Some(Duration::from_secs(120)));
         let d = parse(&[]).flags.settings().unwrap().conntrack;
-        assert_eq!(d, crate::ctlimits::ConntrackSettings::default());
+        assert_eq!(d, crate::conntrack::limits::ConntrackSettings::default());
     }
 
     #[test]

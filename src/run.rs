@@ -74,8 +74,8 @@ fn set_conntrack_limits(s: &Settings) {
         .ok()
         .filter(|n| *n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let writes = crate::ctlimits::plan(&s.conntrack, cpus);
-    crate::ctlimits::apply(&writes, &crate::ctlimits::Roots::default());
+    let writes = crate::conntrack::limits::plan(&s.conntrack, cpus);
+    crate::conntrack::limits::apply(&writes, &crate::conntrack::limits::Roots::default());
 }
 
 /// `--init-only`: the node setup that needs write access to /proc/sys (a

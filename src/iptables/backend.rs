@@ -69,7 +69,7 @@ pub struct IptablesBackend {
     /// `--nodeport-addresses primary`: NodePorts follow the Node's primary IPs.
     pub nodeport_primary: bool,
     /// Rule counts per chain as written, for the periodic check.
-    written: super::written::Shared,
+    written: super::rule_counts::Shared,
 }
 
 impl IptablesBackend {
@@ -137,7 +137,12 @@ impl IptablesBackend {
                 }
                 engine.queue_jumps(missing.clone());
             }
-            let mut feed = super::feed::Feed::new(&mut **kernel, family, &self.written, &mut stats);
+            let mut feed = super::restore_stream::RestoreStream::new(
+                &mut **kernel,
+                family,
+                &self.written,
+                &mut stats,
+            );
             engine.plan_each(ports, changed, full, &mut feed);
             if let Some(e) = feed.failure {
                 // The chains written before are still in place: traffic
@@ -198,7 +203,7 @@ impl Backend for IptablesBackend {
             for &family in &families {
                 for table in [Table::Nat, Table::Filter] {
                     let since = written.lock().unwrap().generation();
-                    let mut counter = super::written::RuleCounter::new(table);
+                    let mut counter = super::rule_counts::RuleCounter::new(table);
                     kernel.save_each(family, table, &mut |l| counter.feed(l))?;
                     let Some(counts) = counter.finish() else {
                         tracing::debug!(

@@ -3,8 +3,8 @@
 //! difference: ipset entries, kube-ipvs0 addresses, virtual/real servers,
 //! and (when a set becomes empty or non-empty) the small iptables payload.
 
-use super::apply::IpsetKernel;
 use super::desired::{diff, Current, Desired, Draining, IpvsConfig, Op};
+use super::ipset::apply::IpsetKernel;
 use super::ipset::{self, SetKind};
 use super::iptables_rules;
 use super::link::LinkKernel;
@@ -310,7 +310,7 @@ impl IpvsBackend {
                 t
             };
             let warned = &mut self.ipset_fallback_warned;
-            super::apply::change_or_restore(self.ipset.as_mut(), &ops, fallback, warned)?;
+            super::ipset::apply::change_or_restore(self.ipset.as_mut(), &ops, fallback, warned)?;
         }
         for (f, from, to) in written {
             let applied = self.sets.entry(f).or_default();
@@ -461,7 +461,7 @@ impl Backend for IpvsBackend {
     type Scan = ();
 
     fn new(s: &Settings) -> Result<Self> {
-        use super::{apply::SystemIpset, link::SystemLink, netlink::IpvsSocket};
+        use super::{ipset::apply::SystemIpset, link::SystemLink, netlink::IpvsSocket};
         Ok(IpvsBackend::new(
             IpvsSettings::of(s),
             Arc::new(|| Ok(Box::new(IpvsSocket::connect()?) as Box<dyn IpvsKernel>)),

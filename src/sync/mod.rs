@@ -3,12 +3,12 @@
 //! to tell the outside is [`report`]'s; the loop is the wiring between them,
 //! the sources, the backend and the background checks.
 
-pub mod conntrack;
 pub mod model;
 pub mod report;
 pub mod schedule;
 
 use crate::backend::{Backend, Job};
+use crate::conntrack::cleanup as conntrack;
 use crate::http::Shared;
 use crate::model::NodeContext;
 use crate::source::{Kind, SourceMsg, Store, Update};

@@ -3,7 +3,7 @@
 //! failures. The loop calls it; it decides nothing about scheduling.
 
 use crate::backend::{FailureKind, Ports, SyncError, SyncStats};
-use crate::hcnode::{self, HcServers};
+use crate::health::node_ports::{self, HcServers};
 use crate::http::Shared;
 use crate::metrics::{BackendLabel, PolicyLabel, TableLabel};
 use crate::model::categorize;
@@ -128,7 +128,7 @@ impl Reporter {
                 traffic_policy: "external".into(),
             })
             .set(external);
-        self.hc.apply(hcnode::desired(ports));
+        self.hc.apply(node_ports::desired(ports));
     }
 
     /// A failed sync (the `failures`-th in a row; the next try in `wait`).

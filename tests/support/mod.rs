@@ -3,6 +3,9 @@
 //! external client on a second link. Traffic stays inside these namespaces.
 #![allow(dead_code)]
 
+pub mod netns;
+pub mod rules;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -2,8 +2,8 @@
 //! netlink batch on incremental ones, restore again when netlink cannot.
 
 use super::*;
-use crate::ipvs::ipset_nl::ChangeError;
-use crate::ipvs::ipset_wire::EntryOp;
+use crate::ipvs::ipset::socket::ChangeError;
+use crate::ipvs::ipset::wire::EntryOp;
 
 /// `ipset` as the backend sees it: restore text and netlink entry changes
 /// applied to the world's sets.
@@ -57,7 +57,7 @@ impl IpsetKernel for FakeIpset {
         }
         w.ipset_changes.push(ops.iter().map(|o| o.line()).collect());
         for o in ops {
-            crate::ipvs::ipset_wire::encode(o, 1).expect("every entry encodes");
+            crate::ipvs::ipset::wire::encode(o, 1).expect("every entry encodes");
             // As the kernel: ENOENT for a missing set (earlier ops stay).
             let Some(set) = w.sets.get_mut(&o.set) else {
                 let msg = format!("no set {}", o.set);

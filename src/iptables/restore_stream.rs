@@ -5,7 +5,7 @@
 //! everything on the next sync).
 
 use super::payload::{Payload, PayloadSink};
-use super::written;
+use super::rule_counts;
 use crate::backend::SyncStats;
 use crate::model::Family;
 use crate::xtables::kernel::{Kernel, RestoreInput};
@@ -19,24 +19,24 @@ enum Started {
     Collected(String),
 }
 
-pub struct Feed<'a> {
+pub struct RestoreStream<'a> {
     pub kernel: &'a mut dyn Kernel,
     pub family: Family,
-    pub written: &'a written::Shared,
+    pub written: &'a rule_counts::Shared,
     pub stats: &'a mut SyncStats,
     /// The first failure of this sync.
     pub failure: Option<anyhow::Error>,
     started: Started,
 }
 
-impl<'a> Feed<'a> {
+impl<'a> RestoreStream<'a> {
     pub fn new(
         kernel: &'a mut dyn Kernel,
         family: Family,
-        written: &'a written::Shared,
+        written: &'a rule_counts::Shared,
         stats: &'a mut SyncStats,
     ) -> Self {
-        Feed {
+        RestoreStream {
             kernel,
             family,
             written,
@@ -58,7 +58,7 @@ impl<'a> Feed<'a> {
     }
 }
 
-impl PayloadSink for Feed<'_> {
+impl PayloadSink for RestoreStream<'_> {
     fn streams(&self) -> bool {
         true
     }

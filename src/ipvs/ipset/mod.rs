@@ -1,10 +1,16 @@
 //! The ipsets IPVS mode matches in its few iptables rules: names, types and
 //! entries as upstream writes them (pure), and the `ipset restore` text that
-//! brings the kernel from one set of entries to another.
+//! brings the kernel from one set of entries to another. Entry changes as
+//! netlink messages: [`wire`] (pure, byte-tested); the socket: [`socket`];
+//! the applier (`ipset restore`, or a netlink batch): [`apply`].
 
-use super::ipset_wire::{EntryOp, SetType};
+pub mod apply;
+pub mod socket;
+pub mod wire;
+
 use crate::model::Family;
 use std::collections::{BTreeMap, BTreeSet};
+use wire::{EntryOp, SetType};
 
 /// One of the sets upstream's IPVS mode keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

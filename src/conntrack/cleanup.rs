@@ -5,8 +5,8 @@
 //! an endpoint that is gone, or to the REJECT a service had before it gained
 //! its first endpoint.
 
-use super::model::PortChange;
 use crate::model::{categorize, Family, Protocol, ServicePort};
+use crate::sync::model::PortChange;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};

@@ -1,8 +1,8 @@
 //! ipset entry changes over a netfilter netlink socket: batches of ADD/DEL
-//! requests (encoded by [`super::ipset_wire`]) in one send, every ACK read
+//! requests (encoded by [`super::wire`]) in one send, every ACK read
 //! back. Only the socket lives here.
 
-use super::ipset_wire::{self, EntryOp};
+use super::wire::{self, EntryOp};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -64,7 +64,7 @@ impl IpsetSocket {
             libc::socket(
                 libc::AF_NETLINK,
                 libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                ipset_wire::NETLINK_NETFILTER,
+                wire::NETLINK_NETFILTER,
             )
         };
         if raw < 0 {
@@ -145,7 +145,7 @@ impl IpsetSocket {
         for chunk in ops.chunks(CHUNK) {
             let first = self.seq;
             self.seq = self.seq.wrapping_add(chunk.len() as u32);
-            let req = ipset_wire::encode_batch(chunk, first).map_err(ChangeError::unusable)?;
+            let req = wire::encode_batch(chunk, first).map_err(ChangeError::unusable)?;
             self.send(&req).map_err(|e| {
                 ChangeError::unusable(format!("sending ipset changes over netlink: {e}"))
             })?;
@@ -156,7 +156,7 @@ impl IpsetSocket {
                 let n = self.recv(&mut rbuf).map_err(|e| {
                     ChangeError::unusable(format!("reading the kernel's ipset answers: {e}"))
                 })?;
-                let replies = ipset_wire::parse_replies(&rbuf[..n]).map_err(|e| {
+                let replies = wire::parse_replies(&rbuf[..n]).map_err(|e| {
                     ChangeError::unusable(format!("reading the kernel's ipset answers: {e}"))
                 })?;
                 for r in replies {
@@ -192,7 +192,7 @@ fn describe(chunk: &[EntryOp], failed: &[(usize, i32)]) -> ChangeError {
                 "`ipset {}` ({}): {}",
                 op.line(),
                 op.set_type.name(),
-                ipset_wire::error_text(*errno, op.set_type)
+                wire::error_text(*errno, op.set_type)
             )
         })
         .collect();
@@ -201,16 +201,14 @@ fn describe(chunk: &[EntryOp], failed: &[(usize, i32)]) -> ChangeError {
     }
     ChangeError {
         msg: format!("ipset netlink change failed: {}", parts.join("; ")),
-        fallback: failed
-            .iter()
-            .any(|(_, e)| ipset_wire::suggests_fallback(*e)),
+        fallback: failed.iter().any(|(_, e)| wire::suggests_fallback(*e)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipvs::ipset_wire::SetType;
+    use crate::ipvs::ipset::wire::SetType;
     use crate::model::Family;
 
     #[test]

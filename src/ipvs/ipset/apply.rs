@@ -2,8 +2,8 @@
 //! which also create the sets), and entry changes over netlink in one batch
 //! (incremental syncs); never one process per entry.
 
-use super::ipset_nl::{ChangeError, IpsetSocket};
-use super::ipset_wire::EntryOp;
+use super::socket::{ChangeError, IpsetSocket};
+use super::wire::EntryOp;
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::process::{Command, Stdio};

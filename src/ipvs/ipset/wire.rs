@@ -1,7 +1,7 @@
 //! ipset entry changes over netfilter netlink (subsystem IPSET): the
 //! `ipset restore` entry strings parsed into typed values and encoded as
 //! IPSET_CMD_ADD/IPSET_CMD_DEL messages here and nowhere else. Pure: the
-//! socket lives in `ipset_nl.rs`.
+//! socket lives in `socket.rs`.
 //!
 //! Layout from the uapi headers `linux/netfilter/nfnetlink.h` and
 //! `linux/netfilter/ipset/ip_set.h`, and from what the kernel's

@@ -3,6 +3,8 @@
 //! (2 x `--sync-period`) without a successful sync; `/healthz` additionally
 //! fails while this node is being deleted, so load balancers drain it.
 
+pub mod node_ports;
+
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
