@@ -151,6 +151,7 @@ pub struct Flags {
 pub enum ProxyMode {
     Iptables,
     Ipvs,
+    Nftables,
 }
 
 /// Effective settings after merging flags over the file over defaults.
@@ -240,7 +241,10 @@ impl Flags {
         let mode = match mode_s.as_str() {
             "iptables" => ProxyMode::Iptables,
             "ipvs" => ProxyMode::Ipvs,
-            other => bail!("unsupported proxy mode {other:?} (supported: iptables, ipvs)"),
+            "nftables" => ProxyMode::Nftables,
+            other => {
+                bail!("unsupported proxy mode {other:?} (supported: iptables, ipvs, nftables)")
+            }
         };
         if let Some(m) = &file.detect_local_mode {
             if !m.is_empty() && m != "ClusterCIDR" {
@@ -278,6 +282,7 @@ impl Flags {
              g: fn(&crate::config::IpvsSection) -> Option<Duration>| match mode {
                 ProxyMode::Iptables => ipt.and_then(f),
                 ProxyMode::Ipvs => ipvs.and_then(g),
+                ProxyMode::Nftables => None,
             };
         let sync_period = self
             .sync_period

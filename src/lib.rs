@@ -1,7 +1,7 @@
 //! kube-proxy-rs: a drop-in replacement for Kubernetes' kube-proxy.
 //!
 //! Functional core, imperative shell: [`source`]s feed a pure model
-//! ([`model`]); a [`backend::Backend`] ([`iptables`], [`ipvs`]) renders it into
+//! ([`model`]); a [`backend::Backend`] ([`iptables`], [`ipvs`], [`nftables`]) renders it into
 //! desired kernel state as pure code, and small appliers do the I/O (the
 //! iptables ones shared in [`xtables`]); [`sync`] coalesces changes and
 //! applies only diffs. Around them: [`health`], [`metrics`] and [`http`],
@@ -18,6 +18,7 @@ pub mod iptables;
 pub mod ipvs;
 pub mod metrics;
 pub mod model;
+pub mod nftables;
 pub mod node;
 pub mod run;
 pub mod source;

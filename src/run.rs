@@ -8,6 +8,7 @@ use crate::iptables::IptablesBackend;
 use crate::ipvs::IpvsBackend;
 use crate::metrics::Metrics;
 use crate::model::{build_service, Built, NodeContext, ServicePort};
+use crate::nftables::NftablesBackend;
 use crate::node;
 use crate::source::{self, SourceSpec};
 use crate::sync::{self, EventSink, SyncConfig};
@@ -28,6 +29,7 @@ fn with_backend<W: WithBackend>(mode: ProxyMode, w: W) -> W::Out {
     match mode {
         ProxyMode::Iptables => w.run::<IptablesBackend>(),
         ProxyMode::Ipvs => w.run::<IpvsBackend>(),
+        ProxyMode::Nftables => w.run::<NftablesBackend>(),
     }
 }
 
@@ -117,7 +119,7 @@ pub fn cleanup(flags: &Flags) -> Result<()> {
     // Every mode's leftovers go, whatever the mode, as upstream's --cleanup
     // does (ipvs mode's cleanup also removes every iptables-mode jump and
     // chain: they reference each other).
-    for mode in [ProxyMode::Ipvs, ProxyMode::Iptables] {
+    for mode in [ProxyMode::Ipvs, ProxyMode::Iptables, ProxyMode::Nftables] {
         with_backend(mode, Cleanup(&s))?;
     }
     tracing::info!("removed all kube-proxy rules, chains, virtual servers, ipsets and kube-ipvs0");

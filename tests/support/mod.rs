@@ -5,6 +5,7 @@
 
 pub mod netns;
 pub mod rules;
+pub mod scenarios;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
