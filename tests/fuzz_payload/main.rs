@@ -33,6 +33,7 @@
 
 mod checks;
 mod gen;
+mod nft;
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -55,6 +56,7 @@ use kube_proxy_rs::iptables::RenderConfig;
 use kube_proxy_rs::model::{Family, NodeContext, ServicePort};
 use kube_proxy_rs::source::{Store, Update};
 use kube_proxy_rs::sync::model::ModelCache;
+use nft::*;
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
@@ -76,6 +78,8 @@ const RESTORE_CASES: u32 = 40;
 // ---------------------------------------------------------------------------
 
 static INPUTS: AtomicUsize = AtomicUsize::new(0);
+static NFT_CHECKED: AtomicUsize = AtomicUsize::new(0);
+static NFT_LOADED: AtomicUsize = AtomicUsize::new(0);
 static SERVICES: AtomicUsize = AtomicUsize::new(0);
 static SLICES: AtomicUsize = AtomicUsize::new(0);
 static REJECTED: AtomicUsize = AtomicUsize::new(0);
@@ -122,8 +126,12 @@ const LOCAL_IPS: [IpAddr; 3] = [
     IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 5)),
 ];
 
-/// Runs both paths and checks (b)-(d); returns the payloads per family.
-fn run_case(input: &Input) -> Result<Vec<(Family, String)>, TestCaseError> {
+/// What one case produced: iptables payloads per family, nft scripts.
+type Rendered = (Vec<(Family, String)>, Vec<String>);
+
+/// Runs both paths and checks (b)-(d) for iptables mode and the nft
+/// properties for nftables mode; returns what was rendered.
+fn run_case(input: &Input) -> Result<Rendered, TestCaseError> {
     INPUTS.fetch_add(1, Relaxed);
     SERVICES.fetch_add(input.services.len(), Relaxed);
     SLICES.fetch_add(input.slices.len(), Relaxed);
@@ -216,6 +224,16 @@ fn run_case(input: &Input) -> Result<Vec<(Family, String)>, TestCaseError> {
         "objects did not survive a YAML round trip: {load_errors:?}"
     );
     check_lines(&text, true, &a)?;
+    // nftables mode, from the same model.
+    let mut scripts = Vec::new();
+    for cfg in kube_proxy_rs::nftables::backend::nft_configs(&s, &LOCAL_IPS) {
+        let script = kube_proxy_rs::nftables::state::FamilyState::new(cfg.clone())
+            .plan_full(&cache.ports, None, false)
+            .script;
+        check_nft(&script, &cfg, &a)?;
+        NFT_CHECKED.fetch_add(1, Relaxed);
+        scripts.push(script);
+    }
     let rules: String = text
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -225,7 +243,7 @@ fn run_case(input: &Input) -> Result<Vec<(Family, String)>, TestCaseError> {
         rules == expected_text,
         "render_text and ModelCache+render_full disagree\n--- render_text ---\n{rules}\n--- model cache ---\n{expected_text}"
     );
-    Ok(payloads)
+    Ok((payloads, scripts))
 }
 
 // ---------------------------------------------------------------------------
@@ -240,7 +258,15 @@ fn restore_skip_reason() -> Option<String> {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-        (!ok).then(|| "ip6tables-restore not available".to_string())
+        let nft = Command::new("nft")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        (!ok)
+            .then(|| "ip6tables-restore not available".to_string())
+            .or((!nft).then(|| "nft not available".to_string()))
     })
 }
 
@@ -318,10 +344,13 @@ fn fuzz_object_to_payload() {
                 .unwrap_or(RESTORE_CASES);
             let mut runner = TestRunner::new(config(cases));
             let result = runner.run(&restore_input(), |input| {
-                let payloads = run_case(&input)?;
+                let (payloads, scripts) = run_case(&input)?;
                 let ns = Netns::new();
                 for (family, payload) in &payloads {
                     restore_test(&ns, *family, payload)?;
+                }
+                for script in &scripts {
+                    nft_load(&ns, script)?;
                 }
                 Ok(())
             });
@@ -332,7 +361,7 @@ fn fuzz_object_to_payload() {
     }
 
     println!(
-        "fuzz_payload: {} inputs tried ({} Services, {} EndpointSlices); {} Services rejected with errors, {} slice warnings; {} service ports built; {} payloads checked ({} DNAT rules); {} payloads ({} rules) accepted by iptables-restore --test{}",
+        "fuzz_payload: {} inputs tried ({} Services, {} EndpointSlices); {} Services rejected with errors, {} slice warnings; {} service ports built; {} payloads checked ({} DNAT rules); {} payloads ({} rules) accepted by iptables-restore --test; {} nft scripts checked, {} loaded by nft -f{}",
         INPUTS.load(Relaxed),
         SERVICES.load(Relaxed),
         SLICES.load(Relaxed),
@@ -343,6 +372,8 @@ fn fuzz_object_to_payload() {
         DNATS.load(Relaxed),
         RESTORED.load(Relaxed),
         RESTORED_RULES.load(Relaxed),
+        NFT_CHECKED.load(Relaxed),
+        NFT_LOADED.load(Relaxed),
         if skip.is_some() { " (skipped)" } else { "" },
     );
 }
