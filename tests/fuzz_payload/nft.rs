@@ -160,7 +160,7 @@ pub(crate) fn check_nft(script: &str, cfg: &NftConfig, a: &Allowed) -> Result<()
                     r.split_once(" goto ")
                         .is_some_and(|(s, c)| s == c && known_name(c, &fixed))
                 } else if let Some(r) = tail.strip_prefix("numgen random mod ") {
-                    r.split(|c: char| c == ' ' || c == ',').all(|w| {
+                    r.split([' ', ',']).all(|w| {
                         w.is_empty()
                             || w.parse::<u32>().is_ok()
                             || ["vmap", "{", "}", ":", "goto"].contains(&w)
