@@ -230,6 +230,72 @@ fn takes_over_from_iptables_mode_without_a_gap_and_removes_its_chains() {
 }
 
 #[test]
+fn takes_over_from_upstream_nftables_mode_and_removes_its_table() {
+    require_kernel!();
+    if !nft_required() {
+        return;
+    }
+    let mut lab = Lab::new();
+    pods3(&mut lab);
+    // What upstream's nftables mode would have programmed for this Service,
+    // reduced to its effect: the ClusterIP DNATed to pod0, in its own table.
+    let upstream = "add table ip kube-proxy\n\
+        add chain ip kube-proxy nat-prerouting { type nat hook prerouting priority dstnat; policy accept; }\n\
+        add chain ip kube-proxy nat-output { type nat hook output priority -100; policy accept; }\n\
+        add rule ip kube-proxy nat-prerouting ip daddr 10.96.0.10 tcp dport 80 dnat to 10.244.1.10:8080\n\
+        add rule ip kube-proxy nat-output ip daddr 10.96.0.10 tcp dport 80 dnat to 10.244.1.10:8080\n";
+    let file = lab.dir.path().join("upstream.nft");
+    std::fs::write(&file, upstream).unwrap();
+    let node = lab.node.clone();
+    let out = lab.in_ns(&node, &["nft", "-f", &path_str(&file)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        spread(&node, "http://10.96.0.10/", 5).get("pod0:8080"),
+        Some(&5)
+    );
+    lab.write(
+        "web.yaml",
+        &(service(
+            "web",
+            "{clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080}]}",
+        ) + &slice("web-1", "web", "[{port: 8080}]", &LOCAL3)),
+    );
+    // Requests all along: first answered by upstream's rules, then by ours.
+    let prober = {
+        let node = node.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, 0);
+            let end = Instant::now() + Duration::from_secs(8);
+            while Instant::now() < end {
+                match curl(&node, "http://10.96.0.10/", 2) {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    lab.start_proxy(&NFT);
+    wait_until("upstream's table removed", WAIT, || {
+        nft_list(&lab, "ip", "kube-proxy").is_empty()
+    });
+    let (ok, failed) = prober.join().unwrap();
+    eprintln!("ClusterIP through the takeover: {ok} answered, {failed} failed");
+    assert_eq!(failed, 0);
+    at_least_each(
+        &spread(&node, "http://10.96.0.10/", 30),
+        &["pod0:8080", "pod1:8080", "pod2:8080"],
+        1,
+    );
+}
+
+#[test]
 fn cleanup_removes_the_tables() {
     require_kernel!();
     if !nft_required() {
