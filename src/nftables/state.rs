@@ -347,12 +347,9 @@ impl FamilyState {
             p.chains_written += 1;
         }
         let new_sets = self.owned_sets();
+        // (A set's name includes its timeout: an existing one never changes.)
         for (name, s) in &new_sets {
-            if old_sets.get(*name) != Some(*s) {
-                if old_sets.contains_key(*name) {
-                    // A new timeout: the set is made anew (its clients go).
-                    let _ = writeln!(out, "delete set {t} {name}");
-                }
+            if !old_sets.contains_key(*name) {
                 let _ = writeln!(out, "add set {t} {name} {}", set_definition(&self.cfg, s));
             }
         }

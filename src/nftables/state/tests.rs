@@ -188,6 +188,17 @@ fn session_affinity_gets_chains_and_sets_of_its_own() {
     let pos = |s: &str| p.script.find(s).unwrap();
     assert!(pos("flush chain") < pos("delete chain"));
     assert!(pos("delete chain") < pos("delete set"));
+    // A new timeout: new sets and chains, the old ones deleted after.
+    ports.get_mut(&k).unwrap().affinity_timeout = Some(60);
+    let p = st.plan_changes(&ports, &[k.clone()].into());
+    assert_eq!(lines(&p, "add set").len(), 2, "{}", p.script);
+    assert!(lines(&p, "add set")[0].ends_with("timeout 60s; }"));
+    assert_eq!(lines(&p, "delete set").len(), 2, "{}", p.script);
+    assert_eq!(lines(&p, "delete chain").len(), 3, "{}", p.script);
+    let pos = |s: &str| p.script.find(s).unwrap();
+    assert!(pos("add set") < pos("add element"));
+    assert!(pos("add element") < pos("delete chain"));
+    assert!(pos("delete chain") < pos("delete set"));
     // Removed: everything of it goes, pick chain before endpoint chains.
     ports.clear();
     let p = st.plan_changes(&ports, &[k].into());
