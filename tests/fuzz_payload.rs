@@ -28,6 +28,8 @@
 //! Run with `cargo test --test fuzz_payload -- --show-output` for the summary.
 //! PROPTEST_CASES=N / FUZZ_PAYLOAD_RESTORE_CASES=N search deeper.
 
+mod support;
+
 use clap::Parser;
 use k8s_openapi::api::core::v1::{
     ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort as KPort,
@@ -1434,7 +1436,7 @@ fn fuzz_object_to_payload() {
 
     let skip = restore_skip_reason();
     match &skip {
-        Some(why) => println!("fuzz_payload: skipping iptables-restore --test: {why}"),
+        Some(why) => support::skip(&format!("fuzz_payload: iptables-restore --test: {why}")),
         None => {
             let cases = std::env::var("FUZZ_PAYLOAD_RESTORE_CASES")
                 .ok()
