@@ -8,6 +8,7 @@ need_pkgs=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have iptables || need_pkgs+=(iptables)
 have ipset || need_pkgs+=(ipset)
+have nft || need_pkgs+=(nftables)
 have conntrack || need_pkgs+=(conntrack)
 have ip || need_pkgs+=(iproute2)
 have curl || need_pkgs+=(curl)

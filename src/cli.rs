@@ -5,8 +5,8 @@ use crate::config::{
     duration_in, format_duration, int_in, KubeProxyConfiguration, MAX_CONNTRACK_TIMEOUT, MAX_COUNT,
     MAX_PERIOD,
 };
-use crate::iptables::apply::IptablesFlavor;
 use crate::source::SourceSpec;
+use crate::xtables::IptablesFlavor;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
@@ -154,6 +154,7 @@ pub struct Flags {
 pub enum ProxyMode {
     Iptables,
     Ipvs,
+    Nftables,
 }
 
 /// Effective settings after merging flags over the file over defaults.
@@ -187,7 +188,7 @@ pub struct Settings {
     pub healthz_bind_address: Option<std::net::SocketAddr>,
     pub metrics_bind_address: Option<std::net::SocketAddr>,
     pub bind_address_hard_fail: bool,
-    pub conntrack: crate::ctlimits::ConntrackSettings,
+    pub conntrack: crate::conntrack::limits::ConntrackSettings,
 }
 
 /// An integer flag within `LO..=HI` (clap names the flag in the error).
@@ -271,7 +272,10 @@ impl Flags {
         let mode = match mode_s.as_str() {
             "iptables" => ProxyMode::Iptables,
             "ipvs" => ProxyMode::Ipvs,
-            other => bail!("unsupported proxy mode {other:?} (supported: iptables, ipvs)"),
+            "nftables" => ProxyMode::Nftables,
+            other => {
+                bail!("unsupported proxy mode {other:?} (supported: iptables, ipvs, nftables)")
+            }
         };
         if let Some(m) = &file.detect_local_mode {
             if !m.is_empty() && m != "ClusterCIDR" {
@@ -316,6 +320,12 @@ impl Flags {
                 ipvs.and_then(|i| i.min_sync_period),
                 ["ipvs.syncPeriod", "ipvs.minSyncPeriod"],
             ),
+            // The nftables section is accepted but not read (yet).
+            ProxyMode::Nftables => (
+                None,
+                None,
+                ["nftables.syncPeriod", "nftables.minSyncPeriod"],
+            ),
         };
         let (sync_period, sync_from) = origin(
             [
@@ -353,7 +363,7 @@ impl Flags {
             );
         }
         let ct = file.conntrack.as_ref();
-        let conntrack = crate::ctlimits::ConntrackSettings {
+        let conntrack = crate::conntrack::limits::ConntrackSettings {
             max_per_core: self
                 .conntrack_max_per_core
                 .or(ct.and_then(|c| c.max_per_core)),
@@ -571,7 +581,7 @@ mod tests {
         assert_eq!(c.udp_timeout, Some(Duration::from_secs(30)));
         assert_eq!(c.udp_stream_timeout, Some(Duration::from_secs(120)));
         let d = parse(&[]).flags.settings().unwrap().conntrack;
-        assert_eq!(d, crate::ctlimits::ConntrackSettings::default());
+        assert_eq!(d, crate::conntrack::limits::ConntrackSettings::default());
     }
 
     fn err(args: &[&str]) -> String {

@@ -4,13 +4,11 @@ use crate::backend::Backend;
 use crate::cli::{Flags, ProxyMode, RenderArgs, Settings};
 use crate::health::Health;
 use crate::http::{self, Shared};
-use crate::iptables::apply::{detect_flavor, IptablesFlavor, Kernel, SystemIptables};
-use crate::iptables::backend::KernelFactory;
-use crate::iptables::render::jumps;
-use crate::iptables::state::render_full;
-use crate::iptables::{IptablesBackend, RenderConfig};
+use crate::iptables::IptablesBackend;
+use crate::ipvs::IpvsBackend;
 use crate::metrics::Metrics;
-use crate::model::{build_service, Built, Family, NodeContext, ServicePort};
+use crate::model::{build_service, Built, NodeContext, ServicePort};
+use crate::nftables::NftablesBackend;
 use crate::node;
 use crate::source::{self, SourceSpec};
 use crate::sync::{self, EventSink, SyncConfig};
@@ -18,6 +16,22 @@ use anyhow::{bail, Context, Result};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// Something to do with the backend of a mode (Rust closures cannot be
+/// generic, so each use is a small type).
+trait WithBackend {
+    type Out;
+    fn run<B: Backend>(self) -> Self::Out;
+}
+
+/// The one place a `--proxy-mode` picks its backend.
+fn with_backend<W: WithBackend>(mode: ProxyMode, w: W) -> W::Out {
+    match mode {
+        ProxyMode::Iptables => w.run::<IptablesBackend>(),
+        ProxyMode::Ipvs => w.run::<IpvsBackend>(),
+        ProxyMode::Nftables => w.run::<NftablesBackend>(),
+    }
+}
 
 fn init_logging(s: &Settings) {
     let level = match s.verbosity {
@@ -43,77 +57,11 @@ fn init_logging(s: &Settings) {
     }
 }
 
-/// Render configs for the families to program on this node.
-pub fn render_configs(s: &Settings, local_ips: &[std::net::IpAddr]) -> Vec<RenderConfig> {
-    let mut out = Vec::new();
-    for (family, on) in [(Family::V4, s.ipv4), (Family::V6, s.ipv6)] {
-        if !on {
-            continue;
-        }
-        let mut cfg = RenderConfig::new(family);
-        cfg.cluster_cidrs = s
-            .cluster_cidrs
-            .iter()
-            .filter(|n| Family::of_net(n) == family)
-            .cloned()
-            .collect();
-        cfg.masquerade_all = s.masquerade_all;
-        cfg.masquerade_bit = s.masquerade_bit;
-        cfg.nodeport_addresses = s
-            .nodeport_addresses
-            .iter()
-            .filter(|n| Family::of_net(n) == family)
-            .cloned()
-            .collect();
-        cfg.node_ips = node::of_family(local_ips, family);
-        cfg.localhost_nodeports = s.localhost_nodeports && family == Family::V4;
-        out.push(cfg);
-    }
-    out
-}
-
-fn kernel_factory(s: &Settings) -> KernelFactory {
-    let mut flavor = s.iptables_flavor;
-    if flavor == IptablesFlavor::Auto {
-        flavor = detect_flavor();
-        if flavor != IptablesFlavor::Auto {
-            tracing::info!(
-                ?flavor,
-                "following the iptables mode kubelet uses on this node"
-            );
-        }
-    }
-    Arc::new(move || Box::new(SystemIptables::new(flavor)) as Box<dyn Kernel>)
-}
-
 fn node_context(s: &Settings) -> NodeContext {
     NodeContext {
         node_name: s.node_name.clone(),
         zone: None,
         service_proxy_name: s.service_proxy_name.clone(),
-    }
-}
-
-/// The sysctls a mode needs, as (key under /proc/sys, value, why).
-fn node_sysctls(s: &Settings) -> Vec<(String, String, String)> {
-    match s.mode {
-        ProxyMode::Ipvs => crate::ipvs::sysctl::plan(
-            crate::ipvs::sysctl::kernel_version(
-                std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                    .unwrap_or_default()
-                    .trim(),
-            ),
-            s.strict_arp,
-        )
-        .into_iter()
-        .map(|x| (x.key.to_string(), x.value.to_string(), x.why.to_string()))
-        .collect(),
-        ProxyMode::Iptables if s.localhost_nodeports && s.ipv4 => vec![(
-            "net/ipv4/conf/all/route_localnet".into(),
-            "1".into(),
-            "NodePorts answer on 127.0.0.1".into(),
-        )],
-        ProxyMode::Iptables => vec![],
     }
 }
 
@@ -128,28 +76,30 @@ fn set_conntrack_limits(s: &Settings) {
         .ok()
         .filter(|n| *n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let writes = crate::ctlimits::plan(&s.conntrack, cpus);
-    crate::ctlimits::apply(&writes, &crate::ctlimits::Roots::default());
+    let writes = crate::conntrack::limits::plan(&s.conntrack, cpus);
+    crate::conntrack::limits::apply(&writes, &crate::conntrack::limits::Roots::default());
 }
 
 /// `--init-only`: the node setup that needs write access to /proc/sys (a
 /// privileged init container), so the long-running container can run with
 /// NET_ADMIN and NET_RAW only: it then finds every value already set.
 pub fn init_only(flags: &Flags) -> Result<()> {
-    let s = flags.settings()?;
-    init_logging(&s);
-    if s.mode == ProxyMode::Ipvs {
-        // Resolving the IPVS netlink family makes the kernel load ip_vs, which
-        // is what creates the net.ipv4.vs.* sysctls set below.
-        if let Err(e) = crate::ipvs::netlink::IpvsSocket::connect() {
-            tracing::warn!(error = %format!("{e:#}"), "IPVS not available yet");
+    struct InitOnly<'a>(&'a Settings);
+    impl WithBackend for InitOnly<'_> {
+        type Out = Result<()>;
+        fn run<B: Backend>(self) -> Result<()> {
+            B::prepare_node(self.0);
+            for s in B::node_sysctls(self.0) {
+                node::set_sysctl(&s.key.replace('/', "."), s.value)
+                    .with_context(|| format!("setting {}={}", s.key, s.value))?;
+                tracing::info!(sysctl = %s.key, value = %s.value, why = %s.why, "node setup");
+            }
+            Ok(())
         }
     }
-    for (key, value, why) in node_sysctls(&s) {
-        node::set_sysctl(&key.replace('/', "."), &value)
-            .with_context(|| format!("setting {key}={value}"))?;
-        tracing::info!(sysctl = %key, value = %value, why = %why, "node setup");
-    }
+    let s = flags.settings()?;
+    init_logging(&s);
+    with_backend(s.mode, InitOnly(&s))?;
     set_conntrack_limits(&s);
     tracing::info!("node setup done (--init-only)");
     Ok(())
@@ -157,17 +107,34 @@ pub fn init_only(flags: &Flags) -> Result<()> {
 
 /// `--cleanup`: remove everything this proxy (or upstream kube-proxy) owns.
 pub fn cleanup(flags: &Flags) -> Result<()> {
+    struct Cleanup<'a>(&'a Settings);
+    impl WithBackend for Cleanup<'_> {
+        type Out = Result<()>;
+        fn run<B: Backend>(self) -> Result<()> {
+            B::new(self.0)?.cleanup()
+        }
+    }
     let s = flags.settings()?;
     init_logging(&s);
-    // Both modes' leftovers go, as upstream's --cleanup does (the IPVS
-    // cleanup also removes every iptables-mode jump and chain).
-    ipvs_backend(&s).cleanup()?;
+    // Every mode's leftovers go, whatever the mode, as upstream's --cleanup
+    // does (ipvs mode's cleanup also removes every iptables-mode jump and
+    // chain: they reference each other).
+    for mode in [ProxyMode::Ipvs, ProxyMode::Iptables, ProxyMode::Nftables] {
+        with_backend(mode, Cleanup(&s))?;
+    }
     tracing::info!("removed all kube-proxy rules, chains, virtual servers, ipsets and kube-ipvs0");
     Ok(())
 }
 
 /// `render`: prints the payload for a dir: source and touches nothing.
 pub fn render(args: &RenderArgs) -> Result<()> {
+    struct Addresses<'a>(&'a Settings);
+    impl WithBackend for Addresses<'_> {
+        type Out = Vec<std::net::IpAddr>;
+        fn run<B: Backend>(self) -> Self::Out {
+            B::render_addresses(self.0)
+        }
+    }
     let mut s = args.flags.settings()?;
     if let Some(n) = &args.node {
         s.node_name = n.to_lowercase();
@@ -175,59 +142,13 @@ pub fn render(args: &RenderArgs) -> Result<()> {
     let SourceSpec::Dir(dir) = &s.source else {
         bail!("render needs --source dir:PATH");
     };
-    let local_ips = if s.mode == ProxyMode::Ipvs {
-        node::local_addresses()
-            .into_iter()
-            .filter(crate::ipvs::link::usable_host_address)
-            .collect()
-    } else if s.nodeport_addresses.is_empty() {
-        vec![]
-    } else {
-        node::local_addresses()
-    };
+    let local_ips = with_backend(s.mode, Addresses(&s));
     let (text, problems) = render_text(&s, dir, &local_ips);
     for p in problems {
         eprintln!("{p}");
     }
     print!("{text}");
     Ok(())
-}
-
-/// The IPVS backend's settings from the proxy's.
-pub fn ipvs_settings(s: &Settings) -> crate::ipvs::IpvsSettings {
-    crate::ipvs::IpvsSettings {
-        scheduler: s.ipvs_scheduler.clone(),
-        strict_arp: s.strict_arp,
-        exclude_cidrs: s.ipvs_exclude_cidrs.clone(),
-        nodeport_addresses: s.nodeport_addresses.clone(),
-        nodeport_primary: s.nodeport_primary,
-        glue: render_configs(s, &[])
-            .into_iter()
-            .map(|c| crate::ipvs::glue::GlueConfig {
-                family: c.family,
-                masquerade_all: c.masquerade_all,
-                cluster_cidr: c.cluster_cidrs.first().copied(),
-                masquerade_bit: c.masquerade_bit,
-                random_fully: c.random_fully,
-            })
-            .collect(),
-        drain_timeout: Duration::from_secs(15 * 60),
-        drain_check: Duration::from_secs(2),
-        sysctl_root: "/proc/sys".into(),
-    }
-}
-
-fn ipvs_backend(s: &Settings) -> crate::ipvs::IpvsBackend {
-    use crate::ipvs::{apply::SystemIpset, link::SystemLink, netlink::IpvsSocket};
-    crate::ipvs::IpvsBackend::new(
-        ipvs_settings(s),
-        Arc::new(|| {
-            Ok(Box::new(IpvsSocket::connect()?) as Box<dyn crate::ipvs::netlink::IpvsKernel>)
-        }),
-        Arc::new(|| Box::new(SystemLink) as Box<dyn crate::ipvs::link::LinkKernel>),
-        kernel_factory(s),
-        Box::new(SystemIpset::default()),
-    )
 }
 
 /// The service ports the objects in `dir` yield, and the problems found.
@@ -266,42 +187,34 @@ pub fn render_text(
     dir: &std::path::Path,
     local_ips: &[std::net::IpAddr],
 ) -> (String, Vec<String>) {
-    let (ports, problems) = load_ports(s, dir);
-    if s.mode == ProxyMode::Ipvs {
-        let text = crate::ipvs::render::render(&ports, &ipvs_settings(s), local_ips);
-        return (text, problems);
-    }
-    let mut out = String::new();
-    for cfg in render_configs(s, local_ips) {
-        let fam: Vec<&ServicePort> = ports
-            .iter()
-            .filter(|p| p.key.family == cfg.family)
-            .collect();
-        if cfg.family == Family::V6 && fam.is_empty() {
-            continue;
+    struct Render<'a>(&'a Settings, &'a [ServicePort], &'a [std::net::IpAddr]);
+    impl WithBackend for Render<'_> {
+        type Out = String;
+        fn run<B: Backend>(self) -> String {
+            B::render(self.0, self.1, self.2)
         }
-        let tool = if cfg.family == Family::V4 {
-            "iptables"
-        } else {
-            "ip6tables"
-        };
-        out.push_str(&format!("# {tool}-restore --noflush payload\n"));
-        out.push_str(&render_full(&fam, &cfg));
-        out.push_str(&crate::iptables::apply::describe_jumps(tool, &jumps()));
     }
-    (out, problems)
+    let (ports, problems) = load_ports(s, dir);
+    (with_backend(s.mode, Render(s, &ports, local_ips)), problems)
 }
 
 /// The daemon.
 pub fn daemon(flags: &Flags) -> Result<()> {
+    struct Daemon(Settings);
+    impl WithBackend for Daemon {
+        type Out = Result<()>;
+        fn run<B: Backend>(self) -> Result<()> {
+            serve::<B>(self.0)
+        }
+    }
     let s = flags.settings()?;
     init_logging(&s);
-    let mode = match s.mode {
-        ProxyMode::Iptables => "iptables",
-        ProxyMode::Ipvs => "ipvs",
-    };
+    with_backend(s.mode, Daemon(s))
+}
+
+fn serve<B: Backend>(s: Settings) -> Result<()> {
     tracing::info!(
-        mode,
+        mode = B::MODE,
         node = %s.node_name,
         cluster_cidrs = ?s.cluster_cidrs,
         min_sync_period = ?s.min_sync_period,
@@ -309,30 +222,9 @@ pub fn daemon(flags: &Flags) -> Result<()> {
         source = ?s.source,
         "starting kube-proxy-rs"
     );
-    if s.mode == ProxyMode::Iptables && s.localhost_nodeports && s.ipv4 {
-        if let Err(e) = node::set_sysctl("net.ipv4.conf.all.route_localnet", "1") {
-            tracing::warn!(error = %e, "cannot enable route_localnet; NodePorts on 127.0.0.1 will not work");
-        }
-    }
+    B::prepare_node(&s);
     set_conntrack_limits(&s);
-    let backend: Box<dyn Backend> = match s.mode {
-        ProxyMode::Iptables => {
-            let local_ips = node::local_addresses();
-            let mut iptables = IptablesBackend::new(
-                kernel_factory(&s),
-                render_configs(&s, &local_ips),
-                s.max_payload_lines,
-            );
-            iptables.nodeport_primary = s.nodeport_primary;
-            Box::new(iptables)
-        }
-        ProxyMode::Ipvs => {
-            if let Err(e) = crate::ipvs::netlink::IpvsSocket::connect() {
-                tracing::error!(error = %format!("{e:#}"), "IPVS is not usable on this node; syncs will fail until it is");
-            }
-            Box::new(ipvs_backend(&s))
-        }
-    };
+    let backend = B::new(&s)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -341,7 +233,7 @@ pub fn daemon(flags: &Flags) -> Result<()> {
     let shared = Arc::new(Shared {
         health: Health::new(2 * s.sync_period),
         metrics: Metrics::new(),
-        proxy_mode: mode,
+        proxy_mode: B::MODE,
     });
     rt.block_on(async move {
         for (addr, router, what) in [

@@ -205,3 +205,36 @@ fn chain_of(line: &str) -> &str {
         ""
     }
 }
+
+#[test]
+fn golden_nftables() {
+    check(
+        "nftables",
+        &[
+            "--proxy-mode",
+            "nftables",
+            "--source",
+            "dir:tests/fixtures/golden",
+            "--hostname-override",
+            "node-a",
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00:244::/48",
+        ],
+    );
+}
+
+#[test]
+fn golden_nftables_hostile() {
+    check(
+        "nftables-hostile",
+        &[
+            "--proxy-mode",
+            "nftables",
+            "--source",
+            "dir:tests/fixtures/hostile",
+            "--hostname-override",
+            "node-a",
+            "--masquerade-all",
+        ],
+    );
+}

@@ -4,9 +4,9 @@
 
 mod support;
 
-use kube_proxy_rs::ipvs::apply::{IpsetKernel, SystemIpset};
+use kube_proxy_rs::ipvs::ipset::apply::{IpsetKernel, SystemIpset};
+use kube_proxy_rs::ipvs::ipset::wire::{EntryOp, SetType};
 use kube_proxy_rs::ipvs::ipset::{self, SetEntries, SetKind};
-use kube_proxy_rs::ipvs::ipset_wire::{EntryOp, SetType};
 use kube_proxy_rs::model::Family;
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};

@@ -1,14 +1,18 @@
 //! The iptables backend: per-family engines + the applier.
 
-use super::apply::{declared_chain, declared_chains_in, Kernel};
-use super::names::{self, is_service_chain, ChainName};
+use super::names::{is_service_chain, ChainName};
 use super::payload::PayloadSize;
-use super::render::{jumps, RenderConfig, Table};
-use super::state::Engine;
-use crate::backend::{Backend, Ports, ScanJob, ScanResult, SyncStats, VerifyJob};
-use crate::model::{Family, ServicePortKey};
+use super::render::{RenderConfig, Table};
+use super::state::{render_full, Engine};
+use crate::backend::{Backend, Job, Ports, SyncError, SyncStats};
+use crate::cli::Settings;
+use crate::model::{Family, ServicePort, ServicePortKey};
+use crate::node::{self, Sysctl};
+use crate::xtables::chains::declared_chain;
+use crate::xtables::{chains, jumps, Kernel, KernelFactory, Masquerade};
 use anyhow::Result;
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 /// Lines per restore payload with iptables-nft at 10,000 service ports; the
@@ -29,8 +33,34 @@ pub fn nft_payload_lines(service_ports: usize) -> usize {
     ((NFT_PAYLOAD_LINES as f64 * scale) as usize).clamp(1200, 8000)
 }
 
-/// Builds a fresh kernel handle for background scans.
-pub type KernelFactory = Arc<dyn Fn() -> Box<dyn Kernel> + Send + Sync>;
+/// Render configs for the families to program on this node.
+pub fn render_configs(s: &Settings, local_ips: &[IpAddr]) -> Vec<RenderConfig> {
+    Masquerade::per_family(s)
+        .into_iter()
+        .map(|masq| {
+            let family = masq.family;
+            RenderConfig {
+                masq,
+                nodeport_addresses: s
+                    .nodeport_addresses
+                    .iter()
+                    .filter(|n| Family::of_net(n) == family)
+                    .cloned()
+                    .collect(),
+                node_ips: node::of_family(local_ips, family),
+                localhost_nodeports: s.localhost_nodeports && family == Family::V4,
+                ..RenderConfig::new(family)
+            }
+        })
+        .collect()
+}
+
+/// `iptables.localhostNodePorts`: NodePorts answer on 127.0.0.1.
+const ROUTE_LOCALNET: Sysctl = Sysctl {
+    key: "net/ipv4/conf/all/route_localnet",
+    value: "1",
+    why: "NodePorts answer on 127.0.0.1",
+};
 
 pub struct IptablesBackend {
     kernel: Arc<Mutex<Box<dyn Kernel>>>,
@@ -39,7 +69,7 @@ pub struct IptablesBackend {
     /// `--nodeport-addresses primary`: NodePorts follow the Node's primary IPs.
     pub nodeport_primary: bool,
     /// Rule counts per chain as written, for the periodic check.
-    written: super::written::Shared,
+    written: super::rule_counts::Shared,
 }
 
 impl IptablesBackend {
@@ -62,10 +92,10 @@ impl IptablesBackend {
         tracing::info!(legacy, payload_lines = ?size, "iptables backend");
         let mut engines = Vec::new();
         for cfg in configs {
-            if kernel.available(cfg.family) {
+            if kernel.available(cfg.family()) {
                 engines.push(Engine::with_payload_size(cfg, size));
             } else {
-                tracing::warn!(family = ?cfg.family, "iptables tools for this family do not work here; family not programmed");
+                tracing::warn!(family = ?cfg.family(), "iptables tools for this family do not work here; family not programmed");
             }
         }
         IptablesBackend {
@@ -78,16 +108,12 @@ impl IptablesBackend {
     }
 
     pub fn families(&self) -> Vec<Family> {
-        self.engines.iter().map(|e| e.cfg.family).collect()
+        self.engines.iter().map(|e| e.cfg.family()).collect()
     }
 }
 
-impl Backend for IptablesBackend {
-    fn name(&self) -> &'static str {
-        "iptables"
-    }
-
-    fn sync(
+impl IptablesBackend {
+    fn sync_families(
         &mut self,
         ports: &Ports,
         changed: &BTreeSet<ServicePortKey>,
@@ -99,30 +125,29 @@ impl Backend for IptablesBackend {
         };
         let mut kernel = self.kernel.lock().unwrap();
         for engine in &mut self.engines {
-            let family = engine.cfg.family;
+            let family = engine.cfg.family();
             let mut missing = Vec::new();
             if full {
                 // Checked before the payloads, while a cold node's tables
                 // are still small; the missing ones go in with the chains.
-                for j in jumps() {
+                for j in jumps::iptables_mode() {
                     if !kernel.has_jump(family, &j)? {
                         missing.push(j);
                     }
                 }
                 engine.queue_jumps(missing.clone());
             }
-            let mut feed = super::feed::Feed::new(&mut **kernel, family, &self.written, &mut stats);
+            let mut feed = super::restore_stream::RestoreStream::new(
+                &mut **kernel,
+                family,
+                &self.written,
+                &mut stats,
+            );
             engine.plan_each(ports, changed, full, &mut feed);
             if let Some(e) = feed.failure {
                 // The chains written before are still in place: traffic
-                // reaches them again through the jumps, one -I each, while
-                // the sync retries (a jump whose chain is gone fails here
-                // and waits for a sync that succeeds).
-                for j in &missing {
-                    if let Err(je) = kernel.ensure_jump(family, j) {
-                        tracing::debug!(error = %format!("{je:#}"), from = j.from, "jump not put back yet");
-                    }
-                }
+                // reaches them again through the jumps while the sync retries.
+                jumps::put_back(&mut **kernel, family, &missing);
                 return Err(e);
             }
         }
@@ -138,8 +163,36 @@ impl Backend for IptablesBackend {
             .collect();
         Ok(stats)
     }
+}
 
-    fn verify_job(&self) -> Option<VerifyJob> {
+impl Backend for IptablesBackend {
+    const MODE: &'static str = "iptables";
+    /// nat service chains left by an earlier run, by compact name (60,000
+    /// at 10,000 Services).
+    type Scan = Vec<(Family, ChainName)>;
+
+    fn new(s: &Settings) -> Result<Self> {
+        let local_ips = node::local_addresses();
+        let mut b = IptablesBackend::new(
+            crate::xtables::kernel::system_factory(s.iptables_flavor),
+            render_configs(s, &local_ips),
+            s.max_payload_lines,
+        );
+        b.nodeport_primary = s.nodeport_primary;
+        Ok(b)
+    }
+
+    fn sync(
+        &mut self,
+        ports: &Ports,
+        changed: &BTreeSet<ServicePortKey>,
+        full: bool,
+    ) -> Result<SyncStats, SyncError> {
+        self.sync_families(ports, changed, full)
+            .map_err(SyncError::restore)
+    }
+
+    fn verify_job(&self) -> Option<Job<bool>> {
         let factory = self.factory.clone();
         let families = self.families();
         let written = self.written.clone();
@@ -150,7 +203,7 @@ impl Backend for IptablesBackend {
             for &family in &families {
                 for table in [Table::Nat, Table::Filter] {
                     let since = written.lock().unwrap().generation();
-                    let mut counter = super::written::RuleCounter::new(table);
+                    let mut counter = super::rule_counts::RuleCounter::new(table);
                     kernel.save_each(family, table, &mut |l| counter.feed(l))?;
                     let Some(counts) = counter.finish() else {
                         tracing::debug!(
@@ -179,18 +232,17 @@ impl Backend for IptablesBackend {
                 }
             }
             for family in families {
-                intact &= super::apply::jumps_intact(kernel.as_mut(), family, &jumps())?;
+                intact &= jumps::jumps_intact(kernel.as_mut(), family, &jumps::iptables_mode())?;
             }
             Ok(intact)
         }))
     }
 
-    fn scan_job(&self) -> Option<ScanJob> {
+    fn scan_job(&self) -> Option<Job<Self::Scan>> {
         let factory = self.factory.clone();
         let families = self.families();
         Some(Box::new(move || {
             let mut kernel = factory();
-            // nat service chains, by compact name (60,000 at 10,000 Services).
             let mut found: Vec<(Family, ChainName)> = Vec::new();
             for family in families {
                 kernel.save_each(family, Table::Nat, &mut |l| {
@@ -199,17 +251,14 @@ impl Backend for IptablesBackend {
                     }
                 })?;
             }
-            Ok(Box::new(found) as ScanResult)
+            Ok(found)
         }))
     }
 
-    fn apply_scan(&mut self, result: ScanResult) -> bool {
-        let Ok(found) = result.downcast::<Vec<(Family, ChainName)>>() else {
-            return false;
-        };
+    fn apply_scan(&mut self, found: Self::Scan) -> bool {
         let mut any = false;
         for engine in &mut self.engines {
-            let fam = engine.cfg.family;
+            let fam = engine.cfg.family();
             engine.note_existing(
                 found
                     .iter()
@@ -227,7 +276,7 @@ impl Backend for IptablesBackend {
         }
         let mut changed = false;
         for engine in &mut self.engines {
-            let fam = engine.cfg.family;
+            let fam = engine.cfg.family();
             let mine: Vec<std::net::IpAddr> = ips
                 .iter()
                 .filter(|ip| Family::of(ip) == fam)
@@ -250,61 +299,57 @@ impl Backend for IptablesBackend {
     fn cleanup(&mut self) -> Result<()> {
         let mut kernel = self.kernel.lock().unwrap();
         for engine in &self.engines {
-            cleanup_family(kernel.as_mut(), engine.cfg.family)?;
+            chains::remove_all(kernel.as_mut(), engine.cfg.family())?;
         }
         Ok(())
     }
+
+    fn node_sysctls(s: &Settings) -> Vec<Sysctl> {
+        if s.localhost_nodeports && s.ipv4 {
+            vec![ROUTE_LOCALNET]
+        } else {
+            vec![]
+        }
+    }
+
+    fn prepare_node(s: &Settings) {
+        for sysctl in Self::node_sysctls(s) {
+            if let Err(e) = node::set_sysctl(&sysctl.key.replace('/', "."), sysctl.value) {
+                tracing::warn!(error = %e, "cannot enable route_localnet; NodePorts on 127.0.0.1 will not work");
+            }
+        }
+    }
+
+    fn render_addresses(s: &Settings) -> Vec<IpAddr> {
+        if s.nodeport_addresses.is_empty() {
+            vec![]
+        } else {
+            node::local_addresses()
+        }
+    }
+
+    fn render(s: &Settings, ports: &[ServicePort], local_ips: &[IpAddr]) -> String {
+        let mut out = String::new();
+        for cfg in render_configs(s, local_ips) {
+            let fam: Vec<&ServicePort> = ports
+                .iter()
+                .filter(|p| p.key.family == cfg.family())
+                .collect();
+            if cfg.family() == Family::V6 && fam.is_empty() {
+                continue;
+            }
+            let tool = if cfg.family() == Family::V4 {
+                "iptables"
+            } else {
+                "ip6tables"
+            };
+            out.push_str(&format!("# {tool}-restore --noflush payload\n"));
+            out.push_str(&render_full(&fam, &cfg));
+            out.push_str(&jumps::describe(tool, &jumps::iptables_mode()));
+        }
+        out
+    }
 }
 
-/// Chains this proxy owns outright (never kubelet's KUBE-KUBELET-CANARY etc.).
-pub fn owned_chain(name: &str) -> bool {
-    is_service_chain(name)
-        || [
-            names::KUBE_SERVICES,
-            names::KUBE_EXTERNAL_SERVICES,
-            names::KUBE_NODEPORTS,
-            names::KUBE_POSTROUTING,
-            names::KUBE_MARK_MASQ,
-            names::KUBE_FORWARD,
-            names::KUBE_PROXY_FIREWALL,
-            names::KUBE_FIREWALL,
-            names::KUBE_PROXY_CANARY,
-        ]
-        .contains(&name)
-}
-
-/// Removes the jumps, then flushes and deletes every owned chain of one family.
-pub fn cleanup_family(kernel: &mut dyn Kernel, family: Family) -> Result<()> {
-    for j in jumps() {
-        kernel.delete_jump(family, &j)?;
-    }
-    delete_chains(kernel, family, |_, c| owned_chain(c))
-}
-
-/// Flushes and deletes, in one restore, every chain of `family` that `ours`
-/// claims (by table and name) and the kernel has.
-pub fn delete_chains(
-    kernel: &mut dyn Kernel,
-    family: Family,
-    ours: impl Fn(Table, &str) -> bool,
-) -> Result<()> {
-    let mut payload = String::new();
-    for table in [Table::Filter, Table::Nat] {
-        let chains = declared_chains_in(kernel, family, table, |c| ours(table, c))?;
-        if chains.is_empty() {
-            continue;
-        }
-        payload.push_str(&format!("*{}\n", table.name()));
-        for c in &chains {
-            payload.push_str(&format!(":{c} - [0:0]\n"));
-        }
-        for c in &chains {
-            payload.push_str(&format!("-X {c}\n"));
-        }
-        payload.push_str("COMMIT\n");
-    }
-    if !payload.is_empty() {
-        kernel.restore(family, &payload)?;
-    }
-    Ok(())
-}
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,6 @@
 //! The chains and jumps that do not depend on any Service: KUBE-POSTROUTING,
 //! KUBE-MARK-MASQ, KUBE-FORWARD, KUBE-FIREWALL, the tail of KUBE-SERVICES, and
-//! the jumps from the built-in chains. Pure.
+//! (the jumps from the built-in chains are [`crate::xtables::jumps`]'s). Pure.
 
 use super::names::*;
 use super::render::{Chain, RenderConfig, Shared, Table};
@@ -9,8 +9,8 @@ use std::net::IpAddr;
 
 /// The fixed chains (same for every sync), by table.
 pub fn render_fixed(cfg: &RenderConfig) -> Vec<Chain> {
-    let mark = cfg.mark();
-    let random_fully = if cfg.random_fully {
+    let mark = cfg.masq.mark();
+    let random_fully = if cfg.masq.random_fully {
         " --random-fully"
     } else {
         ""
@@ -46,7 +46,7 @@ pub fn render_fixed(cfg: &RenderConfig) -> Vec<Chain> {
         },
     ];
     let mut firewall = Vec::new();
-    if cfg.localhost_nodeports && cfg.family == Family::V4 {
+    if cfg.localhost_nodeports && cfg.family() == Family::V4 {
         firewall.push(format!(
             "-A {KUBE_FIREWALL} -m comment --comment \"block incoming localnet connections\" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
         ));
@@ -82,151 +82,6 @@ pub fn shared_tail(s: Shared, cfg: &RenderConfig) -> Vec<String> {
     ips.into_iter()
         .map(|ip| {
             format!("-A {KUBE_SERVICES} -m comment --comment {c} -d {ip} -j {KUBE_NODEPORTS}")
-        })
-        .collect()
-}
-
-/// A jump from a built-in chain that must exist (ensured with `-C`/`-I`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Jump {
-    pub table: Table,
-    pub from: &'static str,
-    /// Arguments after the chain name, e.g. `-m comment --comment ... -j KUBE-SERVICES`.
-    pub args: Vec<String>,
-}
-
-impl Jump {
-    /// `-I CHAIN args...` as iptables-restore reads it (arguments with
-    /// spaces quoted; they come from the fixed list below, never from
-    /// objects).
-    pub fn insert_line(&self) -> String {
-        let mut line = format!("-I {}", self.from);
-        for a in &self.args {
-            line.push(' ');
-            if a.contains(' ') {
-                line.push('"');
-                line.push_str(a);
-                line.push('"');
-            } else {
-                line.push_str(a);
-            }
-        }
-        line
-    }
-}
-
-/// The jumps into our chains from the built-in chains, as upstream installs them.
-pub fn jumps() -> Vec<Jump> {
-    let new = ["-m", "conntrack", "--ctstate", "NEW"];
-    let spec: [(Table, &'static str, &'static str, &str, bool); 14] = [
-        (
-            Table::Filter,
-            "INPUT",
-            KUBE_EXTERNAL_SERVICES,
-            "kubernetes externally-visible service portals",
-            true,
-        ),
-        (
-            Table::Filter,
-            "FORWARD",
-            KUBE_EXTERNAL_SERVICES,
-            "kubernetes externally-visible service portals",
-            true,
-        ),
-        (
-            Table::Filter,
-            "INPUT",
-            KUBE_NODEPORTS,
-            "kubernetes health check service ports",
-            false,
-        ),
-        (
-            Table::Filter,
-            "FORWARD",
-            KUBE_SERVICES,
-            "kubernetes service portals",
-            true,
-        ),
-        (
-            Table::Filter,
-            "OUTPUT",
-            KUBE_SERVICES,
-            "kubernetes service portals",
-            true,
-        ),
-        (
-            Table::Filter,
-            "FORWARD",
-            KUBE_FORWARD,
-            "kubernetes forwarding rules",
-            false,
-        ),
-        (
-            Table::Filter,
-            "INPUT",
-            KUBE_PROXY_FIREWALL,
-            "kubernetes load balancer firewall",
-            true,
-        ),
-        (
-            Table::Filter,
-            "OUTPUT",
-            KUBE_PROXY_FIREWALL,
-            "kubernetes load balancer firewall",
-            true,
-        ),
-        (
-            Table::Filter,
-            "FORWARD",
-            KUBE_PROXY_FIREWALL,
-            "kubernetes load balancer firewall",
-            true,
-        ),
-        (Table::Filter, "INPUT", KUBE_FIREWALL, "", false),
-        (Table::Filter, "OUTPUT", KUBE_FIREWALL, "", false),
-        (
-            Table::Nat,
-            "OUTPUT",
-            KUBE_SERVICES,
-            "kubernetes service portals",
-            false,
-        ),
-        (
-            Table::Nat,
-            "PREROUTING",
-            KUBE_SERVICES,
-            "kubernetes service portals",
-            false,
-        ),
-        (
-            Table::Nat,
-            "POSTROUTING",
-            KUBE_POSTROUTING,
-            "kubernetes postrouting rules",
-            false,
-        ),
-    ];
-    spec.iter()
-        .map(|(table, from, to, comment, ctnew)| {
-            let mut args: Vec<String> = Vec::new();
-            if *ctnew {
-                args.extend(new.iter().map(|s| s.to_string()));
-            }
-            // Upstream's KUBE-FIREWALL jumps (kubelet's, once) carry no comment;
-            // matching them exactly keeps a takeover from adding duplicates.
-            if !comment.is_empty() {
-                args.extend(
-                    ["-m", "comment", "--comment", comment]
-                        .iter()
-                        .map(|s| s.to_string()),
-                );
-            }
-            args.extend(["-j", to].iter().map(|s| s.to_string()));
-            Jump {
-                table: *table,
-                from,
-                args,
-            }
         })
         .collect()
 }

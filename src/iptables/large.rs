@@ -40,11 +40,11 @@ pub fn is_large(total: usize) -> bool {
     total > LARGE_CLUSTER_ENDPOINTS
 }
 
-/// Decides the mode of `cfg.family` for a sync of `ports` (the whole desired
+/// Decides the mode of `cfg.family()` for a sync of `ports` (the whole desired
 /// state, all families) and stores it in `cfg`. Answers true when the mode
 /// changed: every chain must then be rendered and written again.
 pub fn update_mode(cfg: &mut RenderConfig, ports: &BTreeMap<ServicePortKey, ServicePort>) -> bool {
-    let family = cfg.family;
+    let family = cfg.family();
     let total = total_endpoints(ports.values().filter(|p| p.key.family == family));
     set_mode(cfg, total)
 }
@@ -56,7 +56,7 @@ pub fn set_mode(cfg: &mut RenderConfig, total: usize) -> bool {
         return false;
     }
     cfg.large_cluster = large;
-    let family = match cfg.family {
+    let family = match cfg.family() {
         Family::V4 => "IPv4",
         Family::V6 => "IPv6",
     };

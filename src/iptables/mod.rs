@@ -1,15 +1,14 @@
 //! The iptables backend: model -> iptables-restore payloads -> kernel.
 
-pub mod apply;
 pub mod backend;
-mod feed;
 pub mod fixed;
 pub mod large;
 pub mod names;
 pub mod payload;
 pub mod render;
+mod restore_stream;
+pub mod rule_counts;
 pub mod state;
-pub mod written;
 
 pub use backend::IptablesBackend;
 pub use render::RenderConfig;

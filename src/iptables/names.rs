@@ -3,29 +3,13 @@
 //!
 //! Upstream: base32(sha256(servicePortName + protocol [+ endpoint]))[..16], where
 //! servicePortName is `ns/name[:port]`, protocol is lower case and endpoint is
-//! `ip:port` (`[ip]:port` for IPv6).
+//! `ip:port` (`[ip]:port` for IPv6). The fixed chain names are
+//! [`crate::xtables::names`]'s, re-exported here.
 
 use crate::model::{Endpoint, ServicePort};
 use sha2::{Digest, Sha256};
 
-pub const KUBE_SERVICES: &str = "KUBE-SERVICES";
-pub const KUBE_EXTERNAL_SERVICES: &str = "KUBE-EXTERNAL-SERVICES";
-pub const KUBE_NODEPORTS: &str = "KUBE-NODEPORTS";
-pub const KUBE_POSTROUTING: &str = "KUBE-POSTROUTING";
-pub const KUBE_MARK_MASQ: &str = "KUBE-MARK-MASQ";
-pub const KUBE_FORWARD: &str = "KUBE-FORWARD";
-pub const KUBE_PROXY_FIREWALL: &str = "KUBE-PROXY-FIREWALL";
-pub const KUBE_FIREWALL: &str = "KUBE-FIREWALL";
-pub const KUBE_PROXY_CANARY: &str = "KUBE-PROXY-CANARY";
-
-/// Prefixes of the per-service chains this proxy owns (and may delete when stale).
-pub const SERVICE_CHAIN_PREFIXES: [&str; 5] = [
-    "KUBE-SVC-",
-    "KUBE-SVL-",
-    "KUBE-EXT-",
-    "KUBE-FW-",
-    "KUBE-SEP-",
-];
+pub use crate::xtables::names::*;
 
 fn hash16(parts: &[&str]) -> String {
     let mut h = Sha256::new();
@@ -73,11 +57,6 @@ pub fn endpoint_chain(sp: &ServicePort, ep: &Endpoint) -> String {
             &ep.addr_string()
         ])
     )
-}
-
-/// A chain this proxy creates per service or endpoint.
-pub fn is_service_chain(name: &str) -> bool {
-    SERVICE_CHAIN_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 /// A per-service chain name (one of [`SERVICE_CHAIN_PREFIXES`] and 16 base32

@@ -3,28 +3,24 @@
 //! The layout follows upstream kube-proxy's iptables mode rule for rule, so
 //! `iptables-save` reads the same and a node's rules can be taken over in place.
 
-pub use super::fixed::{jumps, render_fixed, shared_tail, Jump};
+pub use super::fixed::{render_fixed, shared_tail};
 use super::large::endpoint_comment;
 use super::names::*;
 use crate::model::{categorize, Endpoint, Family, ServicePort};
+use crate::xtables::Masquerade;
+pub use crate::xtables::Table;
 use ipnet::IpNet;
 use std::net::IpAddr;
 
 /// Knobs that shape the rules of one IP family.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderConfig {
-    pub family: Family,
-    /// `--cluster-cidr` ranges of this family: pod traffic is "local".
-    pub cluster_cidrs: Vec<IpNet>,
-    pub masquerade_all: bool,
-    /// `--iptables-masquerade-bit` (default 14 -> mark 0x4000).
-    pub masquerade_bit: u8,
+    /// The family, and what masquerading shares with ipvs mode.
+    pub masq: Masquerade,
     /// `--nodeport-addresses` of this family; empty means every local address.
     pub nodeport_addresses: Vec<IpNet>,
     /// This node's addresses of this family (for `--nodeport-addresses`).
     pub node_ips: Vec<IpAddr>,
-    /// Kernel supports MASQUERADE --random-fully.
-    pub random_fully: bool,
     /// `iptables.localhostNodePorts` (IPv4 only): NodePorts answer on 127.0.0.1.
     pub localhost_nodeports: bool,
     /// Large cluster mode: per-endpoint rules go without comments. Not a
@@ -35,35 +31,16 @@ pub struct RenderConfig {
 impl RenderConfig {
     pub fn new(family: Family) -> Self {
         RenderConfig {
-            family,
-            cluster_cidrs: vec![],
-            masquerade_all: false,
-            masquerade_bit: 14,
+            masq: Masquerade::new(family),
             nodeport_addresses: vec![],
             node_ips: vec![],
-            random_fully: true,
             localhost_nodeports: false,
             large_cluster: false,
         }
     }
 
-    pub(crate) fn mark(&self) -> String {
-        format!("{:#x}", 1u32 << self.masquerade_bit)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Table {
-    Filter,
-    Nat,
-}
-
-impl Table {
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Filter => "filter",
-            Table::Nat => "nat",
-        }
+    pub fn family(&self) -> Family {
+        self.masq.family
     }
 }
 
@@ -262,12 +239,13 @@ pub fn render_service_port(sp: &ServicePort, cfg: &RenderConfig) -> Fragment {
     }
 
     let local_match = |negate: bool| -> Option<String> {
-        if cfg.cluster_cidrs.is_empty() {
+        if cfg.masq.cluster_cidrs.is_empty() {
             return None;
         }
         let bang = if negate { "! " } else { "" };
         Some(
-            cfg.cluster_cidrs
+            cfg.masq
+                .cluster_cidrs
                 .iter()
                 .map(|c| format!("{bang}-s {c}"))
                 .collect::<Vec<_>>()
@@ -289,7 +267,7 @@ pub fn render_service_port(sp: &ServicePort, cfg: &RenderConfig) -> Fragment {
             "-m comment --comment {} {mproto} -d {cluster_ip} --dport {port}",
             q(format!("{name} cluster IP"))
         );
-        let rule = if cfg.masquerade_all {
+        let rule = if cfg.masq.masquerade_all {
             Some(format!("-A {internal_chain} {args} -j {KUBE_MARK_MASQ}"))
         } else {
             local_match(true).map(|m| format!("-A {internal_chain} {args} {m} -j {KUBE_MARK_MASQ}"))

@@ -106,14 +106,14 @@ impl Applied {
     }
 }
 
-/// The payload a first full sync of these service ports of `cfg.family`
+/// The payload a first full sync of these service ports of `cfg.family()`
 /// writes, as one payload: what `render` prints. Large cluster mode is
 /// decided from `ports`, as a sync decides it. The jumps from the built-in
 /// chains are not in it (a sync adds those the kernel lacks).
 pub fn render_full(ports: &[&ServicePort], cfg: &RenderConfig) -> String {
     let ports: BTreeMap<ServicePortKey, ServicePort> = ports
         .iter()
-        .filter(|p| p.key.family == cfg.family)
+        .filter(|p| p.key.family == cfg.family())
         .map(|p| (p.key.clone(), (*p).clone()))
         .collect();
     let all: BTreeSet<ServicePortKey> = ports.keys().cloned().collect();
@@ -146,7 +146,7 @@ pub struct Engine {
     /// A payload failed: the next plan rewrites everything.
     force_full: bool,
     /// Jumps from built-in chains to write with the next plan's last payload.
-    jumps: Vec<super::fixed::Jump>,
+    jumps: Vec<crate::xtables::Jump>,
 }
 
 impl Engine {
@@ -197,7 +197,7 @@ impl Engine {
     /// them in its last payload, after the chains they jump to. (Inserting
     /// each with its own `iptables -I` after a full sync cost ~0.6 s apiece
     /// with legacy iptables at 10,000 Services: each rewrites the table.)
-    pub fn queue_jumps(&mut self, jumps: Vec<super::fixed::Jump>) {
+    pub fn queue_jumps(&mut self, jumps: Vec<crate::xtables::Jump>) {
         self.jumps = jumps;
     }
 
@@ -249,7 +249,7 @@ impl Engine {
         // Taken in every case: a full sync also settles a pending forced one.
         let forced = std::mem::take(&mut self.force_full);
         let full = full || flipped || forced;
-        let family = self.cfg.family;
+        let family = self.cfg.family();
         // A full sync: the service chains written before (to delete those
         // nothing owns any more), and the service ports that are gone.
         let mut known_packed: Vec<PackedName> = Vec::new();

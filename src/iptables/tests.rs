@@ -4,9 +4,11 @@ use super::names::*;
 use super::render::*;
 use super::state::Engine;
 use crate::model::*;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use crate::model::fixtures::{endpoint as ep, service_port as sp};
+use crate::model::fixtures::{
+    endpoint as ep, numbered as service_n, ports as ports_map, service_port as sp,
+};
 
 #[test]
 fn chain_names_follow_upstream_hashing() {
@@ -83,25 +85,6 @@ fn probabilities_cascade_for_1_to_10_endpoints() {
     assert_eq!(probability(3), "0.3333333333");
     assert_eq!(probability(2), "0.5000000000");
     assert_eq!(probability(1), "1.0000000000");
-}
-
-fn ports_map(list: Vec<ServicePort>) -> BTreeMap<ServicePortKey, ServicePort> {
-    list.into_iter().map(|p| (p.key.clone(), p)).collect()
-}
-
-fn service_n(i: usize, endpoints: usize) -> ServicePort {
-    let eps = (0..endpoints)
-        .map(|e| ep(&format!("10.{}.{}.{}", 1 + i / 250, i % 250, e + 1), 8080))
-        .collect();
-    sp(
-        "bench",
-        &format!("svc-{i}"),
-        "http",
-        Protocol::Tcp,
-        &format!("10.96.{}.{}", i / 250, i % 250 + 1),
-        80,
-        eps,
-    )
 }
 
 #[test]
@@ -270,276 +253,6 @@ fn nodeport_addresses_select_node_ips() {
     assert!(shared_tail(Shared::NatNodePorts, &cfg).is_empty());
 }
 
-mod backend_with_fake_kernel {
-    use super::*;
-    use crate::backend::Backend;
-    use crate::iptables::apply::Kernel;
-    use crate::iptables::backend::IptablesBackend;
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Default)]
-    struct Log {
-        restores: Vec<String>,
-        fail_next: usize,
-        jumps_present: bool,
-        /// Take payloads in pieces, as the real applier does.
-        streaming: bool,
-        /// Pieces received before each payload's end.
-        pieces: Vec<usize>,
-    }
-
-    /// A payload arriving in pieces; handled as a whole at its end.
-    struct Pieces(Arc<Mutex<Log>>, String, usize);
-
-    impl crate::iptables::apply::RestoreInput for Pieces {
-        fn write(&mut self, text: &str) {
-            assert!(!text.contains("COMMIT"), "no COMMIT before the end");
-            self.1.push_str(text);
-            self.2 += 1;
-        }
-        fn finish(self: Box<Self>, rest: &str) -> anyhow::Result<()> {
-            let mut fake = Fake(self.0.clone());
-            fake.0.lock().unwrap().pieces.push(self.2);
-            fake.restore(Family::V4, &(self.1 + rest))
-        }
-    }
-
-    struct Fake(Arc<Mutex<Log>>);
-
-    impl Fake {
-        fn dump(&self, _: Family, table: Table) -> String {
-            // The kernel as the restores left it (chain -> rules), plus a
-            // stale chain from an earlier run in nat.
-            let l = self.0.lock().unwrap();
-            let mut chains: std::collections::BTreeMap<String, usize> = Default::default();
-            let mut current = String::new();
-            for payload in &l.restores {
-                for line in payload.lines() {
-                    if let Some(t) = line.strip_prefix('*') {
-                        current = t.to_string();
-                    } else if current != table.name() {
-                    } else if let Some(c) = line.strip_prefix(':') {
-                        chains.insert(c.split(' ').next().unwrap().to_string(), 0);
-                    } else if let Some(c) = line.strip_prefix("-A ") {
-                        *chains
-                            .entry(c.split(' ').next().unwrap().to_string())
-                            .or_default() += 1;
-                    } else if let Some(c) = line.strip_prefix("-X ") {
-                        chains.remove(c.trim());
-                    }
-                }
-            }
-            if table == Table::Nat {
-                chains
-                    .entry("KUBE-SVC-STALESTALESTALE1".into())
-                    .or_default();
-            }
-            let mut out = format!("*{}\n", table.name());
-            for c in chains.keys() {
-                out.push_str(&format!(":{c} - [0:0]\n"));
-            }
-            for (c, n) in &chains {
-                for _ in 0..*n {
-                    out.push_str(&format!("-A {c} -j RETURN\n"));
-                }
-            }
-            out.push_str("COMMIT\n");
-            out
-        }
-    }
-
-    impl Kernel for Fake {
-        fn restore(&mut self, _: Family, payload: &str) -> anyhow::Result<()> {
-            let mut l = self.0.lock().unwrap();
-            if l.fail_next > 0 {
-                l.fail_next -= 1;
-                anyhow::bail!("iptables-restore: line 2 failed");
-            }
-            l.restores.push(payload.to_string());
-            Ok(())
-        }
-        fn restore_begin(
-            &mut self,
-            _: Family,
-        ) -> anyhow::Result<Option<Box<dyn crate::iptables::apply::RestoreInput>>> {
-            let streaming = self.0.lock().unwrap().streaming;
-            Ok(streaming.then(|| {
-                Box::new(Pieces(self.0.clone(), String::new(), 0))
-                    as Box<dyn crate::iptables::apply::RestoreInput>
-            }))
-        }
-        fn save_each(
-            &mut self,
-            f: Family,
-            table: Table,
-            each: &mut dyn FnMut(&str),
-        ) -> anyhow::Result<()> {
-            self.dump(f, table).lines().for_each(each);
-            Ok(())
-        }
-        fn has_jump(&mut self, _: Family, _: &Jump) -> anyhow::Result<bool> {
-            Ok(self.0.lock().unwrap().jumps_present)
-        }
-        fn ensure_jump(&mut self, _: Family, _: &Jump) -> anyhow::Result<bool> {
-            let mut l = self.0.lock().unwrap();
-            let missing = !l.jumps_present;
-            l.jumps_present = true;
-            Ok(missing)
-        }
-        fn delete_jump(&mut self, _: Family, _: &Jump) -> anyhow::Result<()> {
-            Ok(())
-        }
-        fn available(&mut self, f: Family) -> bool {
-            f == Family::V4
-        }
-        fn is_legacy(&mut self) -> bool {
-            false
-        }
-    }
-
-    fn backend(log: &Arc<Mutex<Log>>) -> IptablesBackend {
-        backend_lines(log, None)
-    }
-
-    fn backend_lines(log: &Arc<Mutex<Log>>, max_lines: Option<usize>) -> IptablesBackend {
-        let l = log.clone();
-        IptablesBackend::new(
-            Arc::new(move || Box::new(Fake(l.clone())) as Box<dyn Kernel>),
-            vec![RenderConfig::new(Family::V4), RenderConfig::new(Family::V6)],
-            max_lines,
-        )
-    }
-
-    #[test]
-    fn missing_jumps_go_in_with_the_chains_of_a_full_sync() {
-        let log = Arc::new(Mutex::new(Log::default()));
-        let mut b = backend(&log);
-        let ports = ports_map(vec![service_n(0, 1)]);
-        let all: BTreeSet<_> = ports.keys().cloned().collect();
-        b.sync(&ports, &all, true).unwrap();
-        let last = log.lock().unwrap().restores.last().unwrap().clone();
-        let nat = &last[..last.find("*filter").unwrap()];
-        let declared = nat.find(":KUBE-SERVICES - [0:0]").unwrap();
-        let jump = nat
-            .find("-I PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES")
-            .unwrap_or_else(|| panic!("{nat}"));
-        assert!(declared < jump, "the chain first: {nat}");
-        assert!(last.contains("-I FORWARD "), "{last}");
-        // Present: nothing inserted, on a full sync or any other.
-        log.lock().unwrap().jumps_present = true;
-        b.sync(&ports, &BTreeSet::new(), true).unwrap();
-        let last = log.lock().unwrap().restores.last().unwrap().clone();
-        assert!(!last.contains("-I "), "{last}");
-    }
-
-    #[test]
-    fn a_failed_full_sync_still_puts_back_missing_jumps() {
-        let log = Arc::new(Mutex::new(Log::default()));
-        let mut b = backend(&log);
-        let ports = ports_map(vec![service_n(0, 1)]);
-        let all: BTreeSet<_> = ports.keys().cloned().collect();
-        log.lock().unwrap().jumps_present = true;
-        b.sync(&ports, &all, true).unwrap();
-        // A jump deleted by hand, and the full sync that follows fails: the
-        // chains written before are reachable again meanwhile.
-        log.lock().unwrap().jumps_present = false;
-        log.lock().unwrap().fail_next = 1;
-        assert!(b.sync(&ports, &BTreeSet::new(), true).is_err());
-        assert!(log.lock().unwrap().jumps_present, "put back with -I");
-    }
-
-    #[test]
-    fn one_large_payload_goes_out_in_pieces_and_a_failed_one_is_forgotten() {
-        // As with legacy iptables: the whole table in one payload.
-        let ports = ports_map((0..1500).map(|i| service_n(i, 2)).collect());
-        let all: BTreeSet<_> = ports.keys().cloned().collect();
-        let whole = Arc::new(Mutex::new(Log::default()));
-        backend_lines(&whole, Some(usize::MAX))
-            .sync(&ports, &all, true)
-            .unwrap();
-        let streamed = Arc::new(Mutex::new(Log {
-            streaming: true,
-            ..Default::default()
-        }));
-        let mut b = backend_lines(&streamed, Some(usize::MAX));
-        let stats = b.sync(&ports, &all, true).unwrap();
-        assert_eq!(stats.calls, 1);
-        {
-            let (w, s) = (whole.lock().unwrap(), streamed.lock().unwrap());
-            assert_eq!(s.pieces.len(), 1);
-            assert!(s.pieces[0] > 2, "{:?}", s.pieces);
-            assert_eq!(s.restores, w.restores, "the same text, in pieces");
-        }
-        // The next full sync fails at its end: nothing is committed, and
-        // the one after rewrites everything.
-        streamed.lock().unwrap().fail_next = 1;
-        assert!(b.sync(&ports, &BTreeSet::new(), true).is_err());
-        assert_eq!(streamed.lock().unwrap().restores.len(), 1);
-        let stats = b.sync(&ports, &BTreeSet::new(), false).unwrap();
-        assert!(stats.written >= 1500 * 3, "every chain again: {stats:?}");
-        assert_eq!(streamed.lock().unwrap().restores.len(), 2);
-    }
-
-    #[test]
-    fn failure_leaves_rules_and_next_sync_is_full() {
-        let log = Arc::new(Mutex::new(Log::default()));
-        let mut b = backend(&log);
-        assert_eq!(
-            b.families(),
-            vec![Family::V4],
-            "v6 tools unavailable: skipped"
-        );
-        let mut ports = ports_map((0..3).map(|i| service_n(i, 2)).collect());
-        let all: BTreeSet<_> = ports.keys().cloned().collect();
-        let stats = b.sync(&ports, &all, true).unwrap();
-        assert!(stats.full && stats.calls >= 1);
-
-        // An endpoint change whose restore fails: error out, nothing deleted.
-        let key = ports.keys().next().unwrap().clone();
-        ports.get_mut(&key).unwrap().endpoints.pop();
-        log.lock().unwrap().fail_next = 1;
-        let before = log.lock().unwrap().restores.len();
-        assert!(b.sync(&ports, &[key.clone()].into(), false).is_err());
-        assert_eq!(
-            log.lock().unwrap().restores.len(),
-            before,
-            "no payload applied"
-        );
-        // The retry (a full sync, as the loop asks) rewrites every chain.
-        let stats = b.sync(&ports, &BTreeSet::new(), true).unwrap();
-        let last = log.lock().unwrap().restores.last().unwrap().clone();
-        assert!(
-            last.contains(":KUBE-SERVICES - [0:0]") && stats.written > 10,
-            "{stats:?}"
-        );
-    }
-
-    #[test]
-    fn verify_reports_missing_jumps_and_scan_finds_stale_chains() {
-        let log = Arc::new(Mutex::new(Log::default()));
-        let mut b = backend(&log);
-        let ports = ports_map(vec![service_n(0, 1)]);
-        let all: BTreeSet<_> = ports.keys().cloned().collect();
-        log.lock().unwrap().jumps_present = true;
-        b.sync(&ports, &all, true).unwrap();
-        assert!(b.verify_job().unwrap()().unwrap(), "jumps present: intact");
-        log.lock().unwrap().jumps_present = false;
-        assert!(
-            !b.verify_job().unwrap()().unwrap(),
-            "a missing jump asks for a full sync"
-        );
-        assert!(
-            !log.lock().unwrap().jumps_present,
-            "the check writes nothing: the full sync it asks for puts the jump back"
-        );
-        let job = b.scan_job().unwrap();
-        assert!(b.apply_scan(job().unwrap()), "stale chain found");
-        b.sync(&ports, &BTreeSet::new(), false).unwrap();
-        let last = log.lock().unwrap().restores.last().unwrap().clone();
-        assert!(last.contains("-X KUBE-SVC-STALESTALESTALE1"), "{last}");
-    }
-}
-
 #[test]
 fn every_jump_target_exists_for_all_policy_combinations() {
     for (itp, etp) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -557,13 +270,9 @@ fn every_jump_target_exists_for_all_policy_combinations() {
         p.node_port = Some(30080);
         p.internal_policy_local = itp;
         p.external_policy_local = etp;
-        let f = render_service_port(
-            &p,
-            &RenderConfig {
-                cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
-                ..RenderConfig::new(Family::V4)
-            },
-        );
+        let mut cfg = RenderConfig::new(Family::V4);
+        cfg.masq.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap()];
+        let f = render_service_port(&p, &cfg);
         let declared: BTreeSet<&str> = f.chains.iter().map(|c| c.name.as_str()).collect();
         let rules = f
             .chains

@@ -3,20 +3,21 @@
 //! difference: ipset entries, kube-ipvs0 addresses, virtual/real servers,
 //! and (when a set becomes empty or non-empty) the small iptables payload.
 
-use super::apply::IpsetKernel;
 use super::desired::{diff, Current, Desired, Draining, IpvsConfig, Op};
-use super::glue::{self, GlueConfig, FILTER_CHAINS, NAT_CHAINS};
+use super::ipset::apply::IpsetKernel;
 use super::ipset::{self, SetKind};
+use super::iptables_rules;
 use super::link::LinkKernel;
 use super::netlink::IpvsKernel;
 use super::state::{Aggregate, Touched};
 use super::sysctl;
 use super::wire::ServiceId;
-use crate::backend::{Backend, Ports, ScanJob, ScanResult, SyncStats, VerifyJob};
-use crate::iptables::apply::Kernel;
-use crate::iptables::backend::KernelFactory;
-use crate::iptables::render::Table;
+use crate::backend::{Backend, Job, Ports, SyncError, SyncStats};
+use crate::cli::Settings;
+use crate::model::ServicePort;
 use crate::model::{Family, ServicePortKey};
+use crate::node::Sysctl;
+use crate::xtables::{chains, jumps, Kernel, KernelFactory, Masquerade};
 use anyhow::{Context, Result};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,14 +41,31 @@ pub struct IpvsSettings {
     pub nodeport_addresses: Vec<IpNet>,
     /// `--nodeport-addresses primary`: the Node object's primary IPs.
     pub nodeport_primary: bool,
-    /// One per enabled family.
-    pub glue: Vec<GlueConfig>,
+    /// One per enabled family: how its iptables rules masquerade.
+    pub families: Vec<Masquerade>,
     /// TCP real servers still carrying connections are deleted after this.
     pub drain_timeout: Duration,
     /// How often draining real servers are checked.
     pub drain_check: Duration,
     /// Where sysctls live (normally /proc/sys; a tempdir in tests).
     pub sysctl_root: std::path::PathBuf,
+}
+
+impl IpvsSettings {
+    /// The IPVS backend's settings from the proxy's.
+    pub fn of(s: &Settings) -> Self {
+        IpvsSettings {
+            scheduler: s.ipvs_scheduler.clone(),
+            strict_arp: s.strict_arp,
+            exclude_cidrs: s.ipvs_exclude_cidrs.clone(),
+            nodeport_addresses: s.nodeport_addresses.clone(),
+            nodeport_primary: s.nodeport_primary,
+            families: Masquerade::per_family(s),
+            drain_timeout: Duration::from_secs(15 * 60),
+            drain_check: Duration::from_secs(2),
+            sysctl_root: "/proc/sys".into(),
+        }
+    }
 }
 
 /// Ours: a virtual server of an enabled family outside excludeCIDRs (as
@@ -73,7 +91,8 @@ pub struct IpvsBackend {
     bound: BTreeSet<IpAddr>,
     /// ipset entries as last read and since written, per family.
     sets: BTreeMap<Family, ipset::SetEntries>,
-    glue_applied: BTreeMap<Family, String>,
+    /// The iptables payload last applied, per family.
+    rules_applied: BTreeMap<Family, String>,
     /// Whether falling back from netlink to `ipset restore` was logged.
     ipset_fallback_warned: bool,
     draining: Draining,
@@ -101,7 +120,7 @@ impl IpvsBackend {
         let mut ipt = ipt_factory();
         // A family whose iptables tools do not work here is skipped (as in
         // iptables mode) rather than failing every sync.
-        s.glue.retain(|g| {
+        s.families.retain(|g| {
             let ok = ipt.available(g.family);
             if !ok {
                 tracing::warn!(family = ?g.family, "iptables tools for this family do not work on this node; not programming it");
@@ -122,7 +141,7 @@ impl IpvsBackend {
             current: BTreeMap::new(),
             bound: BTreeSet::new(),
             sets: BTreeMap::new(),
-            glue_applied: BTreeMap::new(),
+            rules_applied: BTreeMap::new(),
             ipset_fallback_warned: false,
             draining: Draining::new(),
             primed: false,
@@ -132,7 +151,7 @@ impl IpvsBackend {
     }
 
     fn families(&self) -> Vec<Family> {
-        self.s.glue.iter().map(|g| g.family).collect()
+        self.s.families.iter().map(|g| g.family).collect()
     }
 
     fn ipvs(&mut self) -> Result<&mut Box<dyn IpvsKernel>> {
@@ -291,7 +310,7 @@ impl IpvsBackend {
                 t
             };
             let warned = &mut self.ipset_fallback_warned;
-            super::apply::change_or_restore(self.ipset.as_mut(), &ops, fallback, warned)?;
+            super::ipset::apply::change_or_restore(self.ipset.as_mut(), &ops, fallback, warned)?;
         }
         for (f, from, to) in written {
             let applied = self.sets.entry(f).or_default();
@@ -313,12 +332,12 @@ impl IpvsBackend {
         Ok(changes)
     }
 
-    fn sync_glue(&mut self, full: bool) -> Result<usize> {
+    fn sync_iptables_rules(&mut self, full: bool) -> Result<usize> {
         let mut calls = 0;
-        for g in self.s.glue.clone() {
+        for g in self.s.families.clone() {
             let f = g.family;
-            let text = glue::render(&g, &self.agg.nonempty(f), &self.agg.out_filter(f));
-            if !full && self.glue_applied.get(&f) == Some(&text) {
+            let text = iptables_rules::render(&g, &self.agg.nonempty(f), &self.agg.out_filter(f));
+            if !full && self.rules_applied.get(&f) == Some(&text) {
                 continue;
             }
             self.ipt
@@ -326,11 +345,11 @@ impl IpvsBackend {
                 .context("writing the IPVS-mode iptables rules")?;
             calls += 1;
             if full {
-                for j in glue::jumps() {
+                for j in jumps::ipvs_mode() {
                     self.ipt.ensure_jump(f, &j)?;
                 }
             }
-            self.glue_applied.insert(f, text);
+            self.rules_applied.insert(f, text);
         }
         Ok(calls)
     }
@@ -361,7 +380,7 @@ impl IpvsBackend {
         };
         // 1. Sets first, so the rules match the VIPs as they appear.
         stats.lines += self.sync_ipsets(&t, full)?;
-        stats.calls += self.sync_glue(full)?;
+        stats.calls += self.sync_iptables_rules(full)?;
         // 2. Bind new addresses.
         let (mut bind, mut unbind) = (vec![], vec![]);
         for a in &t.addresses {
@@ -438,8 +457,18 @@ impl IpvsBackend {
 }
 
 impl Backend for IpvsBackend {
-    fn name(&self) -> &'static str {
-        "ipvs"
+    const MODE: &'static str = "ipvs";
+    type Scan = ();
+
+    fn new(s: &Settings) -> Result<Self> {
+        use super::{ipset::apply::SystemIpset, link::SystemLink, netlink::IpvsSocket};
+        Ok(IpvsBackend::new(
+            IpvsSettings::of(s),
+            Arc::new(|| Ok(Box::new(IpvsSocket::connect()?) as Box<dyn IpvsKernel>)),
+            Arc::new(|| Box::new(SystemLink) as Box<dyn LinkKernel>),
+            crate::xtables::kernel::system_factory(s.iptables_flavor),
+            Box::new(SystemIpset::default()),
+        ))
     }
 
     fn sync(
@@ -447,27 +476,22 @@ impl Backend for IpvsBackend {
         ports: &Ports,
         changed: &BTreeSet<ServicePortKey>,
         full: bool,
-    ) -> Result<SyncStats> {
+    ) -> Result<SyncStats, SyncError> {
         let r = self.sync_inner(ports, changed, full);
         if r.is_err() {
             // Re-read everything next time; drop a socket that may be broken.
             self.primed = false;
             self.ipvs = None;
             // The jumps into our chains, if one went missing, are put back
-            // now (the chains written before are still there) rather than
-            // after a sync that succeeds; one whose chain is gone waits.
-            for g in &self.s.glue {
-                for j in glue::jumps() {
-                    if let Err(e) = self.ipt.ensure_jump(g.family, &j) {
-                        tracing::debug!(error = %format!("{e:#}"), from = j.from, "jump not put back yet");
-                    }
-                }
+            // now rather than after a sync that succeeds.
+            for g in &self.s.families {
+                jumps::put_back(self.ipt.as_mut(), g.family, &jumps::ipvs_mode());
             }
         }
-        r
+        Ok(r?)
     }
 
-    fn verify_job(&self) -> Option<VerifyJob> {
+    fn verify_job(&self) -> Option<Job<bool>> {
         let link_factory = self.link_factory.clone();
         let ipt_factory = self.ipt_factory.clone();
         let families = self.families();
@@ -493,17 +517,17 @@ impl Backend for IpvsBackend {
             }
             let mut ipt = ipt_factory();
             for f in families {
-                intact &= crate::iptables::apply::jumps_intact(ipt.as_mut(), f, &glue::jumps())?;
+                intact &= jumps::jumps_intact(ipt.as_mut(), f, &jumps::ipvs_mode())?;
             }
             Ok(intact)
         }))
     }
 
-    fn scan_job(&self) -> Option<ScanJob> {
+    fn scan_job(&self) -> Option<Job<()>> {
         None
     }
 
-    fn apply_scan(&mut self, _result: ScanResult) -> bool {
+    fn apply_scan(&mut self, _found: ()) -> bool {
         false
     }
 
@@ -538,6 +562,30 @@ impl Backend for IpvsBackend {
     fn follow_up(&self) -> Option<Duration> {
         (!self.draining.is_empty()).then_some(self.s.drain_check)
     }
+
+    fn node_sysctls(s: &Settings) -> Vec<Sysctl> {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        sysctl::plan(sysctl::kernel_version(release.trim()), s.strict_arp)
+    }
+
+    fn prepare_node(_s: &Settings) {
+        // Resolving the IPVS netlink family makes the kernel load ip_vs, which
+        // is what creates the net.ipv4.vs.* sysctls.
+        if let Err(e) = super::netlink::IpvsSocket::connect() {
+            tracing::error!(error = %format!("{e:#}"), "IPVS is not usable on this node; syncs will fail until it is");
+        }
+    }
+
+    fn render_addresses(_s: &Settings) -> Vec<IpAddr> {
+        crate::node::local_addresses()
+            .into_iter()
+            .filter(super::link::usable_host_address)
+            .collect()
+    }
+
+    fn render(s: &Settings, ports: &[ServicePort], local_ips: &[IpAddr]) -> String {
+        super::render::render(ports, &IpvsSettings::of(s), local_ips)
+    }
 }
 
 /// Removes what either mode owns: virtual servers of the given families (but
@@ -566,21 +614,8 @@ pub fn cleanup(
         if !ipt.available(f) {
             continue;
         }
-        // Both modes' jumps and chains go together: they share chain names
-        // and reference each other's (KUBE-MARK-MASQ, KUBE-PROXY-FIREWALL).
-        for j in glue::jumps()
-            .iter()
-            .chain(&crate::iptables::render::jumps())
-        {
-            ipt.delete_jump(f, j)?;
-        }
-        crate::iptables::backend::delete_chains(ipt, f, |table, c| {
-            let ours = match table {
-                Table::Nat => &NAT_CHAINS[..],
-                Table::Filter => &FILTER_CHAINS[..],
-            };
-            ours.contains(&c) || crate::iptables::backend::owned_chain(c)
-        })?;
+        // Both modes' jumps and chains go together.
+        chains::remove_all(ipt, f)?;
     }
     let existing = ipset.names().unwrap_or_default();
     let mut destroy = String::new();
@@ -598,8 +633,6 @@ pub fn cleanup(
 }
 
 #[cfg(test)]
-#[path = "backend_tests.rs"]
 mod tests;
 
-#[path = "backend_servers.rs"]
 mod servers;

@@ -1,12 +1,13 @@
 //! `render --proxy-mode ipvs`: the desired IPVS state as text (pure).
 
 use super::desired::IpvsConfig;
-use super::glue;
 use super::ipset::{self, SetEntries};
+use super::iptables_rules;
 use super::state::Aggregate;
 use super::wire::ServiceId;
 use super::IpvsSettings;
 use crate::model::{Family, ServicePort};
+use crate::xtables::jumps;
 use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::net::IpAddr;
@@ -73,7 +74,7 @@ pub fn render(ports: &[ServicePort], s: &IpvsSettings, node_ips: &[IpAddr]) -> S
     for a in agg.addresses() {
         let _ = writeln!(out, "{a}/{}", Family::of(&a).host_prefix());
     }
-    for g in &s.glue {
+    for g in &s.families {
         let f = g.family;
         let entries = agg.entries(f);
         if f == Family::V6 && entries.is_empty() {
@@ -87,11 +88,12 @@ pub fn render(ports: &[ServicePort], s: &IpvsSettings, node_ips: &[IpAddr]) -> S
             "ip6tables"
         };
         out.push_str(&format!("# {tool}-restore --noflush payload\n"));
-        out.push_str(&glue::render(g, &agg.nonempty(f), &agg.out_filter(f)));
-        out.push_str(&crate::iptables::apply::describe_jumps(
-            tool,
-            &glue::jumps(),
+        out.push_str(&iptables_rules::render(
+            g,
+            &agg.nonempty(f),
+            &agg.out_filter(f),
         ));
+        out.push_str(&jumps::describe(tool, &jumps::ipvs_mode()));
     }
     out
 }

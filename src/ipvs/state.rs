@@ -4,8 +4,8 @@
 //! touches only its own objects, so a sync costs O(change), not O(cluster).
 
 use super::desired::{contribution, Contribution, IpvsConfig};
-use super::glue::OutFilter;
 use super::ipset::{SetEntries, SetKind};
+use super::iptables_rules::OutFilter;
 use super::wire::{Destination, ServiceId, VirtualServer};
 use crate::model::{Family, ServicePort, ServicePortKey};
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -3,14 +3,7 @@
 use anyhow::{Context, Result};
 use std::path::Path;
 
-/// One sysctl to hold at a value, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sysctl {
-    /// Relative to /proc/sys, e.g. `net/ipv4/vs/conntrack`.
-    pub key: &'static str,
-    pub value: &'static str,
-    pub why: &'static str,
-}
+pub use crate::node::Sysctl;
 
 /// The kernel release that fixed the one-second stall when a new connection
 /// reuses a port of an IPVS connection still in TIME_WAIT; older kernels need

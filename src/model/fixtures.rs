@@ -1,4 +1,5 @@
-//! Builders for unit tests across the crate: a ready endpoint, a plain service port.
+//! Builders for unit tests across the crate: a ready endpoint, a plain
+//! service port, numbered service ports and the map the backends take.
 
 use super::types::*;
 
@@ -49,4 +50,26 @@ pub fn service_port(
         topology_zone: None,
         endpoints,
     }
+}
+
+/// Service port number `i` (`bench/svc-<i>:http`, a distinct ClusterIP)
+/// with `endpoints` ready endpoints on port 8080.
+pub fn numbered(i: usize, endpoints: usize) -> ServicePort {
+    let eps = (0..endpoints)
+        .map(|e| endpoint(&format!("10.{}.{}.{}", 1 + i / 250, i % 250, e + 1), 8080))
+        .collect();
+    service_port(
+        "bench",
+        &format!("svc-{i}"),
+        "http",
+        Protocol::Tcp,
+        &format!("10.96.{}.{}", i / 250, i % 250 + 1),
+        80,
+        eps,
+    )
+}
+
+/// Service ports by key, as the backends take them.
+pub fn ports(list: Vec<ServicePort>) -> std::collections::BTreeMap<ServicePortKey, ServicePort> {
+    list.into_iter().map(|p| (p.key.clone(), p)).collect()
 }

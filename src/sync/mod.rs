@@ -1,27 +1,29 @@
 //! The sync loop: takes source updates, keeps the model current, and asks the
-//! backend to apply what changed, coalescing bursts (`--min-sync-period`),
-//! re-checking the kernel every `--sync-period`, retrying failures with backoff.
+//! backend to apply what changed. When to sync is [`schedule`]'s (pure), what
+//! to tell the outside is [`report`]'s; the loop is the wiring between them,
+//! the sources, the backend and the background checks.
 
-pub mod conntrack;
 pub mod model;
+pub mod report;
+pub mod schedule;
 
-use crate::backend::{Backend, ScanResult, SyncStats};
-use crate::hcnode::{self, HcServers};
+use crate::backend::{Backend, Job};
+use crate::conntrack::cleanup as conntrack;
 use crate::http::Shared;
-use crate::metrics::{PolicyLabel, TableLabel};
-use crate::model::{categorize, NodeContext, ServicePortKey};
+use crate::model::NodeContext;
 use crate::source::{Kind, SourceMsg, Store, Update};
 use model::{ModelCache, PortChange};
+pub use report::EventSink;
+use report::Reporter;
+use schedule::Schedule;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant as Clock;
 
 /// Annotation with the time of the change that triggered an EndpointSlice update.
 pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
-
-/// Publishes a Warning event about this node (reason, message).
-pub type EventSink = Arc<dyn Fn(&'static str, String) + Send + Sync>;
 
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
@@ -53,84 +55,57 @@ fn release_freed_memory() {
     }
 }
 
-fn unix(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+/// Runs `f`, which blocks (kernel calls), without stalling the runtime's
+/// other tasks where the runtime allows it (a multi-threaded one).
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
-/// Backoff after `failures` consecutive failed syncs.
-pub fn backoff(failures: u32, min_sync_period: Duration) -> Duration {
-    let base = Duration::from_millis(500).max(min_sync_period);
-    let exp = base.saturating_mul(1 << failures.min(6));
-    exp.min(Duration::from_secs(30))
+/// Runs a job on its own thread; its result arrives on the receiver.
+fn spawn_job<T: Send + 'static>(job: Job<T>) -> oneshot::Receiver<anyhow::Result<T>> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(job());
+    });
+    rx
 }
 
-struct Loop {
-    backend: Box<dyn Backend>,
+struct Loop<B: Backend> {
+    backend: B,
     cfg: SyncConfig,
     store: Store,
     model: ModelCache,
     synced: HashSet<Kind>,
-    pending: BTreeSet<ServicePortKey>,
+    schedule: Schedule,
+    /// UDP service ports changed since the last sync (conntrack cleanup).
     changes: Vec<PortChange>,
-    need_full: bool,
-    cleanup_pending: bool,
-    last_sync: Option<Instant>,
-    last_full: Option<Instant>,
-    not_before: Instant,
-    failures: u32,
+    /// Whether the leftover scan has been started.
     scanned: bool,
-    shared: Arc<Shared>,
-    hc: HcServers,
-    /// Trigger times of changes not yet in the kernel.
-    triggers: Vec<SystemTime>,
-    pending_services: usize,
-    pending_endpoints: usize,
-    events: Option<EventSink>,
-    /// A sync the backend asked for (see `Backend::follow_up`).
-    wake_at: Option<Instant>,
+    report: Reporter,
     /// Services changed by a listing still in progress.
     deferred: BTreeSet<crate::model::ServiceKey>,
 }
 
-impl Loop {
-    fn ready(&self) -> bool {
-        self.synced.contains(&Kind::Services) && self.synced.contains(&Kind::EndpointSlices)
-    }
-
-    fn has_work(&self) -> bool {
-        self.ready()
-            && (self.need_full
-                || self.cleanup_pending
-                || !self.pending.is_empty()
-                || self.wake_at.is_some())
-    }
-
-    fn deadline(&self) -> Instant {
-        let after_min = self
-            .last_sync
-            .map(|t| t + self.cfg.min_sync_period)
-            .unwrap_or_else(Instant::now);
-        let d = after_min.max(self.not_before);
-        match self.wake_at {
-            Some(w) if !self.need_full && !self.cleanup_pending && self.pending.is_empty() => {
-                d.max(w)
-            }
-            _ => d,
-        }
-    }
-
+impl<B: Backend> Loop<B> {
     fn take(&mut self, msg: SourceMsg) {
         match msg {
             SourceMsg::Synced(k) => {
                 self.synced.insert(k);
+                if self.synced.contains(&Kind::Services)
+                    && self.synced.contains(&Kind::EndpointSlices)
+                {
+                    self.schedule.set_ready();
+                }
             }
             SourceMsg::Node(info) => {
-                self.shared.health.set_node_eligible(info.eligible);
+                self.report.shared().health.set_node_eligible(info.eligible);
                 if self.backend.set_primary_ips(&info.primary_ips) {
                     tracing::info!(ips = ?info.primary_ips, "node primary IPs changed; NodePorts follow them");
-                    self.need_full = true;
+                    self.schedule.request_full();
                 }
                 if self.model.node.zone != info.zone {
                     tracing::info!(zone = ?info.zone, "node zone changed; recomputing topology-aware services");
@@ -162,18 +137,7 @@ impl Loop {
                 let dirty = self.store.apply(u);
                 tracing::debug!(slice = is_slice, services = dirty.len(), "update received");
                 if !dirty.is_empty() {
-                    self.triggers.extend(trigger);
-                    let m = &self.shared.metrics;
-                    if is_slice {
-                        m.endpoint_changes.inc_by(dirty.len() as u64);
-                        self.pending_endpoints += dirty.len();
-                    } else {
-                        m.service_changes.inc_by(dirty.len() as u64);
-                        self.pending_services += dirty.len();
-                    }
-                    m.endpoint_changes_pending
-                        .set(self.pending_endpoints as i64);
-                    m.service_changes_pending.set(self.pending_services as i64);
+                    self.report.changes_received(is_slice, dirty.len(), trigger);
                 }
                 // While a listing streams in, the Services it changes are
                 // rebuilt once at its end: the model (and so every sync,
@@ -191,106 +155,35 @@ impl Loop {
     }
 
     fn rebuild(&mut self, dirty: &BTreeSet<crate::model::ServiceKey>) {
-        {
-            {
-                let r = self.model.rebuild(&self.store, dirty);
-                for e in &r.errors {
-                    tracing::error!("{e}");
-                }
-                for w in &r.warnings {
-                    tracing::warn!("{w}");
-                }
-                if !r.changed.is_empty() {
-                    let now = SystemTime::now();
-                    self.shared.health.queued(now);
-                    self.shared.metrics.last_queued_timestamp.set(unix(now));
-                }
-                self.pending.extend(r.changed);
-                if self.cfg.conntrack {
-                    self.changes.extend(r.changes);
-                }
-            }
+        let r = self.model.rebuild(&self.store, dirty);
+        for e in &r.errors {
+            tracing::error!("{e}");
         }
-    }
-
-    /// Metrics, health and health-check servers after a successful sync.
-    fn after_success(&mut self, stats: &SyncStats, took: Duration) {
-        let now = SystemTime::now();
-        self.shared.health.updated(now);
-        let m = &self.shared.metrics;
-        m.sync_duration.observe(took.as_secs_f64());
-        if stats.full {
-            m.full_sync_duration.observe(took.as_secs_f64());
-        } else {
-            m.partial_sync_duration.observe(took.as_secs_f64());
+        for w in &r.warnings {
+            tracing::warn!("{w}");
         }
-        m.last_sync_timestamp.set(unix(now));
-        for (table, n) in &stats.table_rules {
-            m.rules
-                .get_or_create(&TableLabel {
-                    table: table.clone(),
-                })
-                .set(*n as i64);
+        if !r.changed.is_empty() {
+            self.report.queued();
         }
-        for t in self.triggers.drain(..) {
-            if let Ok(d) = now.duration_since(t) {
-                m.network_programming.observe(d.as_secs_f64());
-            }
+        self.schedule.changed(r.changed);
+        if self.cfg.conntrack {
+            self.changes.extend(r.changes);
         }
-        self.pending_services = 0;
-        self.pending_endpoints = 0;
-        m.endpoint_changes_pending.set(0);
-        m.service_changes_pending.set(0);
-        let ports = &self.model.ports;
-        m.service_ports.set(ports.len() as i64);
-        m.endpoints
-            .get_or_create(&crate::metrics::BackendLabel {
-                backend: self.backend.name().to_string(),
-            })
-            .set(ports.values().map(|p| p.endpoints.len() as i64).sum());
-        let (mut internal, mut external) = (0, 0);
-        // Only Local-policy ports can lack local endpoints: skip the rest cheaply.
-        for sp in ports
-            .values()
-            .filter(|sp| sp.internal_policy_local || sp.external_local())
-        {
-            let c = categorize(sp);
-            if c.has_any && c.local.is_empty() {
-                internal += i64::from(sp.internal_policy_local);
-                external += i64::from(sp.external_local());
-            }
-        }
-        m.no_local_endpoints
-            .get_or_create(&PolicyLabel {
-                traffic_policy: "internal".into(),
-            })
-            .set(internal);
-        m.no_local_endpoints
-            .get_or_create(&PolicyLabel {
-                traffic_policy: "external".into(),
-            })
-            .set(external);
-        self.hc.apply(hcnode::desired(ports));
     }
 
     fn sync(&mut self) {
         let started = Instant::now();
-        let full = self.need_full;
-        self.wake_at = None;
-        let result = tokio::task::block_in_place(|| {
-            self.backend.sync(&self.model.ports, &self.pending, full)
-        });
-        self.last_sync = Some(Instant::now());
+        let due = self.schedule.due();
+        let result = blocking(|| self.backend.sync(&self.model.ports, &due.changed, due.full));
         match result {
             Ok(stats) => {
-                if self.failures > 0 {
-                    tracing::info!(failures = self.failures, "sync recovered");
+                if self.schedule.failures() > 0 {
+                    tracing::info!(failures = self.schedule.failures(), "sync recovered");
                 }
-                self.failures = 0;
                 tracing::info!(
-                    backend = self.backend.name(),
-                    full,
-                    changed = self.pending.len(),
+                    backend = B::MODE,
+                    full = due.full,
+                    changed = due.changed.len(),
                     service_ports = self.model.ports.len(),
                     calls = stats.calls,
                     lines = stats.lines,
@@ -299,13 +192,11 @@ impl Loop {
                     ms = started.elapsed().as_millis() as u64,
                     "synced"
                 );
-                self.after_success(&stats, started.elapsed());
-                self.wake_at = self.backend.follow_up().map(|d| Instant::now() + d);
-                self.pending.clear();
-                self.need_full = false;
-                self.cleanup_pending = false;
-                if full {
-                    self.last_full = self.last_sync;
+                self.report
+                    .synced(&stats, started.elapsed(), &self.model.ports);
+                self.schedule
+                    .succeeded(Clock::now(), &due, self.backend.follow_up());
+                if due.full {
                     release_freed_memory();
                 }
                 let flushes: Vec<_> = self
@@ -314,34 +205,20 @@ impl Loop {
                     .flat_map(|c| conntrack::flushes(&c))
                     .collect();
                 if !flushes.is_empty() {
-                    tokio::task::block_in_place(|| conntrack::run(&flushes));
+                    blocking(|| conntrack::run(&flushes));
                 }
             }
             Err(e) => {
-                self.failures += 1;
-                self.shared.metrics.sync_failures.inc();
-                if self.backend.name() == "iptables" {
-                    self.shared.metrics.restore_failures.inc();
-                }
-                let wait = backoff(self.failures, self.cfg.min_sync_period);
-                if self.failures == 1 {
-                    if let Some(ev) = &self.events {
-                        ev("SyncProxyRulesFailed", format!("kube-proxy-rs: {e:#}"));
-                    }
-                    tracing::error!(error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "sync failed; rules in the kernel are left as they were; retrying with a full sync");
-                } else {
-                    tracing::debug!(error = %format!("{e:#}"), failures = self.failures, "sync failed again");
-                }
-                self.need_full = true;
-                self.not_before = Instant::now() + wait;
+                let wait = self.schedule.failed(Clock::now());
+                self.report.failed(&e, self.schedule.failures(), wait);
             }
         }
     }
 }
 
 /// Runs until `shutdown` resolves or the sources hang up.
-pub async fn run(
-    backend: Box<dyn Backend>,
+pub async fn run<B: Backend>(
+    backend: B,
     mut rx: mpsc::Receiver<SourceMsg>,
     node: NodeContext,
     cfg: SyncConfig,
@@ -354,64 +231,47 @@ pub async fn run(
         store: Store::default(),
         model: ModelCache::new(node),
         synced: HashSet::new(),
-        pending: BTreeSet::new(),
+        schedule: Schedule::new(Clock::now(), cfg.min_sync_period, cfg.full_resync_period),
         changes: Vec::new(),
         deferred: BTreeSet::new(),
-        need_full: true,
-        cleanup_pending: false,
-        last_sync: None,
-        last_full: None,
-        not_before: Instant::now(),
-        failures: 0,
         scanned: false,
-        hc: HcServers::new(shared.clone()),
-        shared,
-        triggers: Vec::new(),
-        pending_services: 0,
-        pending_endpoints: 0,
-        events,
+        report: Reporter::new(shared, events, B::MODE),
         cfg,
-        wake_at: None,
     };
     let mut tick = tokio::time::interval(lp.cfg.sync_period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    let mut scan_rx: Option<oneshot::Receiver<anyhow::Result<ScanResult>>> = None;
+    let mut scan_rx: Option<oneshot::Receiver<anyhow::Result<B::Scan>>> = None;
     let mut verify_rx: Option<oneshot::Receiver<anyhow::Result<bool>>> = None;
     tokio::pin!(shutdown);
     loop {
-        let deadline = tokio::time::Instant::from_std(lp.deadline());
-        let work = lp.has_work();
+        let next = lp.schedule.next_sync(Clock::now());
         tokio::select! {
             _ = &mut shutdown => break,
             msg = rx.recv() => match msg {
                 Some(m) => lp.take(m),
                 None => break,
             },
-            _ = tokio::time::sleep_until(deadline), if work => {
+            _ = tokio::time::sleep_until(next.unwrap_or_else(Clock::now)), if next.is_some() => {
                 // Drain whatever else is already queued, then sync once.
                 while let Ok(m) = rx.try_recv() {
                     lp.take(m);
                 }
                 lp.sync();
-                if lp.failures == 0 && !lp.scanned {
+                if lp.schedule.failures() == 0 && !lp.scanned {
                     lp.scanned = true;
-                    if let Some(job) = lp.backend.scan_job() {
-                        let (tx, r) = oneshot::channel();
-                        std::thread::spawn(move || { let _ = tx.send(job()); });
-                        scan_rx = Some(r);
-                    }
+                    scan_rx = lp.backend.scan_job().map(spawn_job);
                 }
             }
             res = async { scan_rx.as_mut().unwrap().await }, if scan_rx.is_some() => {
                 scan_rx = None;
                 match res {
-                    Ok(Ok(result)) => {
-                        let stale = lp.backend.apply_scan(result);
+                    Ok(Ok(found)) => {
+                        let stale = lp.backend.apply_scan(found);
                         release_freed_memory();
                         if stale {
                             tracing::info!("found rules left by an earlier run that no service owns; removing them");
-                            lp.cleanup_pending = true;
+                            lp.schedule.request_cleanup();
                         }
                     }
                     Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "scan for stale rules failed"),
@@ -422,24 +282,18 @@ pub async fn run(
                 verify_rx = None;
                 match res {
                     Ok(Ok(true)) | Err(_) => {}
-                    Ok(Ok(false)) => lp.need_full = true,
+                    Ok(Ok(false)) => lp.schedule.request_full(),
                     Ok(Err(e)) => {
                         tracing::warn!(error = %format!("{e:#}"), "checking the kernel state failed");
-                        lp.need_full = true;
+                        lp.schedule.request_full();
                     }
                 }
             }
             _ = tick.tick() => {
-                if lp.ready() && lp.last_sync.is_some() && verify_rx.is_none() {
-                    if let Some(job) = lp.backend.verify_job() {
-                        let (tx, r) = oneshot::channel();
-                        std::thread::spawn(move || { let _ = tx.send(job()); });
-                        verify_rx = Some(r);
-                    }
+                if lp.schedule.ready() && lp.schedule.started() && verify_rx.is_none() {
+                    verify_rx = lp.backend.verify_job().map(spawn_job);
                 }
-                if lp.last_full.is_some_and(|t| t.elapsed() >= lp.cfg.full_resync_period) {
-                    lp.need_full = true;
-                }
+                lp.schedule.tick(Clock::now());
             }
         }
     }
@@ -447,15 +301,4 @@ pub async fn run(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        let m = Duration::from_secs(1);
-        assert_eq!(backoff(1, m), Duration::from_secs(2));
-        assert_eq!(backoff(2, m), Duration::from_secs(4));
-        assert_eq!(backoff(20, m), Duration::from_secs(30));
-        assert_eq!(backoff(1, Duration::ZERO), Duration::from_secs(1));
-    }
-}
+mod tests;

@@ -3,6 +3,10 @@
 //! external client on a second link. Traffic stays inside these namespaces.
 #![allow(dead_code)]
 
+pub mod netns;
+pub mod rules;
+pub mod scenarios;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -62,10 +62,8 @@ fn only_per_endpoint_rules_lose_their_comments() {
     p.external_policy_local = true;
     p.health_check_node_port = Some(31000);
     p.affinity_timeout = Some(600);
-    let small_cfg = RenderConfig {
-        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
-        ..RenderConfig::new(Family::V4)
-    };
+    let mut small_cfg = RenderConfig::new(Family::V4);
+    small_cfg.masq.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap()];
     let large_cfg = RenderConfig {
         large_cluster: true,
         ..small_cfg.clone()

@@ -1,0 +1,342 @@
+//! The nftables backend: per-family desired state ([`FamilyState`]), one
+//! `nft -f -` transaction per sync for both families, the periodic check
+//! of chains (not elements), and the removal of what other modes (or
+//! upstream kube-proxy's nftables mode) left once ours is in place.
+
+use super::kernel::{NftFactory, NftKernel, SystemNft};
+use super::layout::{nf_family, NftConfig, TABLE, UPSTREAM_TABLE};
+use super::state::{FamilyState, Listing};
+use crate::backend::{Backend, Job, Ports, SyncError, SyncStats};
+use crate::cli::Settings;
+use crate::model::{Family, ServicePort, ServicePortKey};
+use crate::node::{self, Sysctl};
+use crate::xtables::{chains, names, Kernel, KernelFactory, Masquerade, Table};
+use anyhow::Result;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// The ruleset configs for the families to program on this node.
+pub fn nft_configs(s: &Settings, local_ips: &[IpAddr]) -> Vec<NftConfig> {
+    Masquerade::per_family(s)
+        .into_iter()
+        .map(|masq| {
+            let family = masq.family;
+            NftConfig {
+                masq,
+                nodeport_addresses: s
+                    .nodeport_addresses
+                    .iter()
+                    .filter(|n| Family::of_net(n) == family)
+                    .cloned()
+                    .collect(),
+                node_ips: node::of_family(local_ips, family),
+                drop_invalid: !s.conntrack.tcp_be_liberal,
+            }
+        })
+        .collect()
+}
+
+/// What other proxy modes left on this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    /// Families with upstream kube-proxy's nftables table.
+    pub upstream_tables: Vec<Family>,
+    /// Families with iptables- or ipvs-mode chains.
+    pub xtables: Vec<Family>,
+}
+
+impl Leftovers {
+    pub fn is_empty(&self) -> bool {
+        self.upstream_tables.is_empty() && self.xtables.is_empty()
+    }
+}
+
+pub struct NftablesBackend {
+    kernel: Box<dyn NftKernel>,
+    factory: NftFactory,
+    /// iptables, to remove other modes' chains (None: not on this node).
+    ipt_factory: Option<KernelFactory>,
+    families: Vec<FamilyState>,
+    /// `--nodeport-addresses primary`: NodePorts follow the Node's primary IPs.
+    pub nodeport_primary: bool,
+    /// The last sync failed: the next full sync makes the tables anew.
+    recreate: bool,
+    leftovers: Leftovers,
+}
+
+impl NftablesBackend {
+    pub fn new(
+        factory: NftFactory,
+        ipt_factory: Option<KernelFactory>,
+        configs: Vec<NftConfig>,
+    ) -> Self {
+        NftablesBackend {
+            kernel: factory(),
+            factory,
+            ipt_factory,
+            families: configs.into_iter().map(FamilyState::new).collect(),
+            nodeport_primary: false,
+            recreate: false,
+            leftovers: Leftovers::default(),
+        }
+    }
+
+    fn sync_families(
+        &mut self,
+        ports: &Ports,
+        changed: &BTreeSet<ServicePortKey>,
+        full: bool,
+    ) -> Result<SyncStats> {
+        let full = full || self.families.iter().any(|f| !f.primed());
+        let mut stats = SyncStats {
+            full,
+            ..Default::default()
+        };
+        let mut script = String::new();
+        for st in &mut self.families {
+            let plan = if full {
+                let listing = self
+                    .kernel
+                    .list(st.cfg.family(), TABLE)?
+                    .map(|t| Listing::parse(&t));
+                st.plan_full(ports, listing.as_ref(), self.recreate)
+            } else {
+                st.plan_changes(ports, changed)
+            };
+            stats.written += plan.chains_written;
+            stats.deleted += plan.chains_deleted;
+            stats.lines += plan.elements_added + plan.elements_deleted;
+            script.push_str(&plan.script);
+        }
+        if !script.is_empty() {
+            self.kernel.apply(&script)?;
+            stats.calls += 1;
+        }
+        if full {
+            for st in &mut self.families {
+                st.full_applied();
+            }
+            self.recreate = false;
+        }
+        stats.table_rules = self
+            .families
+            .iter()
+            .map(|f| {
+                (
+                    format!("{}-elements", nf_family(f.cfg.family())),
+                    f.element_count(),
+                )
+            })
+            .collect();
+        Ok(stats)
+    }
+
+    /// Removes what other modes left, now that our rules are in place.
+    fn remove_leftovers(&mut self) -> Result<()> {
+        let found = std::mem::take(&mut self.leftovers);
+        for f in &found.upstream_tables {
+            tracing::info!(family = ?f, table = UPSTREAM_TABLE, "removing upstream kube-proxy's nftables table");
+            self.kernel.apply(&format!(
+                "delete table {} {UPSTREAM_TABLE}\n",
+                nf_family(*f)
+            ))?;
+        }
+        if let Some(factory) = &self.ipt_factory {
+            let mut ipt = factory();
+            for f in &found.xtables {
+                tracing::info!(family = ?f, "removing iptables/ipvs-mode chains left on this node");
+                chains::remove_all(ipt.as_mut(), *f)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn family_list(&self) -> Vec<Family> {
+        self.families.iter().map(|f| f.cfg.family()).collect()
+    }
+}
+
+/// Whether `family` has iptables- or ipvs-mode chains (KUBE-SERVICES in nat).
+fn has_xtables_leftovers(ipt: &mut dyn Kernel, family: Family) -> Result<bool> {
+    if !ipt.available(family) {
+        return Ok(false);
+    }
+    let found = chains::declared_chains_in(ipt, family, Table::Nat, |c| {
+        c == names::KUBE_SERVICES || c == names::KUBE_POSTROUTING
+    })?;
+    Ok(!found.is_empty())
+}
+
+impl Backend for NftablesBackend {
+    const MODE: &'static str = "nftables";
+    type Scan = Leftovers;
+
+    fn new(s: &Settings) -> Result<Self> {
+        let local_ips = node::local_addresses();
+        let ipt = crate::xtables::kernel::system_factory(s.iptables_flavor);
+        let mut b = NftablesBackend::new(
+            Arc::new(|| Box::new(SystemNft) as Box<dyn NftKernel>),
+            Some(ipt),
+            nft_configs(s, &local_ips),
+        );
+        b.nodeport_primary = s.nodeport_primary;
+        Ok(b)
+    }
+
+    fn sync(
+        &mut self,
+        ports: &Ports,
+        changed: &BTreeSet<ServicePortKey>,
+        full: bool,
+    ) -> Result<SyncStats, SyncError> {
+        match self.sync_families(ports, changed, full) {
+            Ok(stats) => {
+                if !self.leftovers.is_empty() {
+                    self.remove_leftovers()?;
+                }
+                Ok(stats)
+            }
+            Err(e) => {
+                for st in &mut self.families {
+                    st.invalidate();
+                }
+                self.recreate = true;
+                Err(e.into())
+            }
+        }
+    }
+
+    fn verify_job(&self) -> Option<Job<bool>> {
+        let factory = self.factory.clone();
+        let expected: Vec<_> = self
+            .families
+            .iter()
+            .filter(|f| f.primed())
+            .map(|f| f.expected())
+            .collect();
+        Some(Box::new(move || {
+            let mut kernel = factory();
+            let mut intact = true;
+            for e in expected {
+                let problem = match kernel.list(e.family, TABLE)? {
+                    None => Some(format!("table {TABLE} is missing")),
+                    Some(text) => e.check(&Listing::parse(&text)).err(),
+                };
+                if let Some(p) = problem {
+                    tracing::warn!(family = ?e.family, problem = %p, "the nftables ruleset was changed by hand; rewriting");
+                    intact = false;
+                }
+            }
+            Ok(intact)
+        }))
+    }
+
+    fn scan_job(&self) -> Option<Job<Leftovers>> {
+        let factory = self.factory.clone();
+        let ipt_factory = self.ipt_factory.clone();
+        let families = self.family_list();
+        Some(Box::new(move || {
+            let mut kernel = factory();
+            let mut found = Leftovers::default();
+            for &f in &families {
+                if kernel.list(f, UPSTREAM_TABLE)?.is_some() {
+                    found.upstream_tables.push(f);
+                }
+            }
+            if let Some(ipt_factory) = ipt_factory {
+                let mut ipt = ipt_factory();
+                for &f in &families {
+                    match has_xtables_leftovers(ipt.as_mut(), f) {
+                        Ok(true) => found.xtables.push(f),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::debug!(error = %format!("{e:#}"), "cannot read iptables; not looking for other modes' chains")
+                        }
+                    }
+                }
+            }
+            Ok(found)
+        }))
+    }
+
+    fn apply_scan(&mut self, found: Leftovers) -> bool {
+        let any = !found.is_empty();
+        self.leftovers = found;
+        any
+    }
+
+    fn set_primary_ips(&mut self, ips: &[IpAddr]) -> bool {
+        if !self.nodeport_primary {
+            return false;
+        }
+        let mut changed = false;
+        for st in &mut self.families {
+            let fam = st.cfg.family();
+            let mine: Vec<IpAddr> = ips
+                .iter()
+                .filter(|ip| Family::of(ip) == fam)
+                .copied()
+                .collect();
+            let nets: Vec<ipnet::IpNet> = mine.iter().map(|ip| ipnet::IpNet::from(*ip)).collect();
+            if st.cfg.nodeport_addresses != nets {
+                for ip in &mine {
+                    if !st.cfg.node_ips.contains(ip) {
+                        st.cfg.node_ips.push(*ip);
+                    }
+                }
+                st.cfg.nodeport_addresses = nets;
+                st.invalidate();
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    fn cleanup(&mut self) -> Result<()> {
+        for f in [Family::V4, Family::V6] {
+            for table in [TABLE, UPSTREAM_TABLE] {
+                if self.kernel.list(f, table)?.is_some() {
+                    self.kernel
+                        .apply(&format!("delete table {} {table}\n", nf_family(f)))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn node_sysctls(_s: &Settings) -> Vec<Sysctl> {
+        vec![]
+    }
+
+    fn prepare_node(_s: &Settings) {
+        if let Err(e) = SystemNft.list(Family::V4, TABLE) {
+            tracing::error!(error = %format!("{e:#}"), "nft is not usable on this node; syncs will fail until it is");
+        }
+    }
+
+    fn render_addresses(s: &Settings) -> Vec<IpAddr> {
+        if s.nodeport_addresses.is_empty() {
+            vec![]
+        } else {
+            node::local_addresses()
+        }
+    }
+
+    fn render(s: &Settings, ports: &[ServicePort], local_ips: &[IpAddr]) -> String {
+        let map: Ports = ports.iter().map(|p| (p.key.clone(), p.clone())).collect();
+        let mut out = String::new();
+        for cfg in nft_configs(s, local_ips) {
+            let fam = cfg.family();
+            if fam == Family::V6 && !ports.iter().any(|p| p.key.family == fam) {
+                continue;
+            }
+            out.push_str(&format!("# nft -f - ({} {TABLE})\n", nf_family(fam)));
+            out.push_str(&FamilyState::new(cfg).plan_full(&map, None, false).script);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

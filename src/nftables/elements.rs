@@ -1,0 +1,340 @@
+//! What one service port adds to the ruleset (pure): map and set elements,
+//! the dispatch chains they point at, and, for session affinity only, a few
+//! chains and sets of its own. The decisions are iptables mode's (same
+//! endpoint choice, masquerading, REJECT/DROP), so both modes answer every
+//! packet alike.
+
+use super::layout::{nf_family, proto, Entry, MapId, NftConfig, Pick, DROP, REJECT};
+use crate::model::{categorize, Endpoint, ServicePort};
+use sha2::{Digest, Sha256};
+use std::net::IpAddr;
+
+/// One element: a key, and the value when the set is a map.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Element {
+    pub map: MapId,
+    pub key: String,
+    pub value: Option<String>,
+}
+
+/// A chain a service port owns (session affinity), with its rules.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OwnedChain {
+    pub name: String,
+    pub rules: Vec<String>,
+}
+
+/// A dynamic set a service port owns (session affinity): clients seen
+/// lately by one endpoint, forgotten after the affinity timeout.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OwnedSet {
+    pub name: String,
+    pub timeout: u32,
+}
+
+/// Everything one service port adds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contribution {
+    pub elements: Vec<Element>,
+    /// Shared dispatch chains the elements jump to.
+    pub dispatch: Vec<(Pick, usize)>,
+    pub sets: Vec<OwnedSet>,
+    /// In creation order: endpoint chains before the chains that jump to them.
+    pub chains: Vec<OwnedChain>,
+}
+
+fn hash8(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    let mut s = base32::encode(base32::Alphabet::Rfc4648 { padding: false }, &h.finalize());
+    s.truncate(12);
+    s.to_ascii_lowercase()
+}
+
+/// `ip . proto . port`: a VIP tuple key.
+fn vip_key(ip: &IpAddr, sp: &ServicePort) -> String {
+    format!("{ip} . {} . {}", proto(sp.key.protocol), sp.port)
+}
+
+fn nodeport_key(sp: &ServicePort, np: u16) -> String {
+    format!("{} . {np}", proto(sp.key.protocol))
+}
+
+/// The element of an endpoint as a map value: `ip . port`.
+fn ep_value(ep: &Endpoint) -> String {
+    format!("{} . {}", ep.ip, ep.port)
+}
+
+/// Affinity chain and set names of one service port.
+struct AffinityNames {
+    port_hash: String,
+}
+
+impl AffinityNames {
+    fn of(sp: &ServicePort) -> Self {
+        AffinityNames {
+            port_hash: hash8(&[&sp.name_string(), sp.key.protocol.lower()]),
+        }
+    }
+
+    /// The chain that picks among `pick`'s endpoints, remembering clients.
+    fn pick_chain(&self, local: bool) -> String {
+        let kind = if local { "l" } else { "c" };
+        format!("affinity-{kind}-{}", self.port_hash)
+    }
+
+    /// The chain (and set) of one endpoint.
+    fn endpoint(&self, ep: &Endpoint) -> String {
+        format!(
+            "affinity-ep-{}",
+            hash8(&[&self.port_hash, &ep.addr_string()])
+        )
+    }
+}
+
+/// The contribution of one service port to its family's ruleset.
+pub fn contribution(sp: &ServicePort, cfg: &NftConfig) -> Contribution {
+    let mut c = Contribution::default();
+    let Some(cluster_ip) = sp.cluster_ip else {
+        return c;
+    };
+    let cat = categorize(sp);
+    let has_endpoints = cat.has_any;
+    let has_local = has_endpoints && !cat.local.is_empty();
+    let has_internal = if sp.internal_policy_local {
+        has_local
+    } else {
+        has_endpoints
+    };
+    let has_external = if sp.external_policy_local {
+        has_local
+    } else {
+        has_endpoints
+    };
+    let uses_fw = has_endpoints
+        && !sp.load_balancer_ips.is_empty()
+        && !sp.load_balancer_source_ranges.is_empty();
+    let unreachable = if has_endpoints { DROP } else { REJECT };
+    let affinity = sp.affinity_timeout.map(|t| (AffinityNames::of(sp), t));
+
+    let mut el = |map: MapId, key: String, value: Option<String>| {
+        c.elements.push(Element { map, key, value });
+    };
+    // A dispatch over `eps` for `key` into `pick`'s maps.
+    let mut groups: Vec<(Pick, String, &[&Endpoint])> = Vec::new();
+
+    // ClusterIP.
+    let cip = vip_key(&cluster_ip, sp);
+    if has_internal {
+        let (entry, pick, eps) = if sp.internal_policy_local {
+            (Entry::ClusterIpLocal, Pick::Local, &cat.local)
+        } else {
+            (Entry::ClusterIp, Pick::Cluster, &cat.cluster)
+        };
+        el(
+            MapId::Vips,
+            cip.clone(),
+            Some(format!("goto {}", entry.chain())),
+        );
+        groups.push((pick, cip.clone(), eps));
+    } else {
+        el(
+            MapId::NoEndpointInternal,
+            cip.clone(),
+            Some(unreachable.to_string()),
+        );
+    }
+
+    // externalIPs and load balancer IPs.
+    let external_entry = if sp.external_policy_local {
+        Entry::ExternalLocal
+    } else {
+        Entry::External
+    };
+    let firewall_entry = if sp.external_policy_local {
+        Entry::FirewallLocal
+    } else {
+        Entry::Firewall
+    };
+    let allow_from_node = sp
+        .load_balancer_source_ranges
+        .iter()
+        .any(|n| cfg.node_ips.iter().any(|ip| n.contains(ip)));
+    let externals = sp
+        .external_ips
+        .iter()
+        .map(|ip| (ip, false))
+        .chain(sp.load_balancer_ips.iter().map(|ip| (ip, true)));
+    for (ip, is_lb) in externals {
+        let key = vip_key(ip, sp);
+        if has_endpoints {
+            let entry = if is_lb && uses_fw {
+                firewall_entry
+            } else {
+                external_entry
+            };
+            el(
+                MapId::Vips,
+                key.clone(),
+                Some(format!("goto {}", entry.chain())),
+            );
+            groups.push((Pick::Cluster, key.clone(), &cat.cluster));
+            if sp.external_policy_local && has_external {
+                groups.push((Pick::Local, key.clone(), &cat.local));
+            }
+        }
+        if is_lb && uses_fw {
+            el(MapId::FirewallVips, key.clone(), None);
+            for n in &sp.load_balancer_source_ranges {
+                el(MapId::FirewallAllow, format!("{key} . {}", n.trunc()), None);
+            }
+            if allow_from_node {
+                for lb in &sp.load_balancer_ips {
+                    el(MapId::FirewallAllow, format!("{key} . {lb}"), None);
+                }
+            }
+        }
+        if !has_external {
+            el(
+                MapId::NoEndpointExternal,
+                key,
+                Some(unreachable.to_string()),
+            );
+        }
+    }
+
+    // NodePort.
+    if let Some(np) = sp.node_port {
+        let key = nodeport_key(sp, np);
+        if has_endpoints {
+            let entry = if sp.external_policy_local {
+                Entry::NodePortLocal
+            } else {
+                Entry::NodePort
+            };
+            el(
+                MapId::NodePorts,
+                key.clone(),
+                Some(format!("goto {}", entry.chain())),
+            );
+            groups.push((Pick::NodePortCluster, key.clone(), &cat.cluster));
+            if sp.external_policy_local && has_external {
+                groups.push((Pick::NodePortLocal, key.clone(), &cat.local));
+            }
+        }
+        if !has_external {
+            el(
+                MapId::NoEndpointNodePorts,
+                key,
+                Some(unreachable.to_string()),
+            );
+        }
+    }
+
+    // A pod reaching itself through the Service is masqueraded.
+    for ep in &cat.all_reachable {
+        el(MapId::Hairpin, format!("{} . {}", ep.ip, ep.ip), None);
+    }
+
+    // Which of the cluster and local endpoint lists an affinity chain serves.
+    let mut affinity_used = [false, false];
+    for (pick, key, eps) in groups {
+        if eps.is_empty() {
+            continue;
+        }
+        let target = match &affinity {
+            Some((names, _)) => {
+                let local = matches!(pick, Pick::Local | Pick::NodePortLocal);
+                affinity_used[usize::from(local)] = true;
+                names.pick_chain(local)
+            }
+            None => {
+                if !c.dispatch.contains(&(pick, eps.len())) {
+                    c.dispatch.push((pick, eps.len()));
+                }
+                for (i, ep) in eps.iter().enumerate() {
+                    c.elements.push(Element {
+                        map: pick.eps(),
+                        key: format!("{key} . {i}"),
+                        value: Some(ep_value(ep)),
+                    });
+                }
+                pick.chain(eps.len())
+            }
+        };
+        c.elements.push(Element {
+            map: pick.groups(),
+            key,
+            value: Some(format!("goto {target}")),
+        });
+    }
+
+    if let Some((names, timeout)) = &affinity {
+        let lists = [&cat.cluster[..], &cat.local[..]];
+        affinity_objects(sp, lists, affinity_used, names, *timeout, &mut c);
+    }
+    c.elements.sort();
+    c.elements.dedup();
+    c
+}
+
+/// Session affinity as upstream's nftables mode does it: one dynamic set
+/// of recent clients per endpoint, checked before the random pick.
+fn affinity_objects(
+    sp: &ServicePort,
+    lists: [&[&Endpoint]; 2],
+    used: [bool; 2],
+    names: &AffinityNames,
+    timeout: u32,
+    c: &mut Contribution,
+) {
+    let nf = nf_family(sp.key.family);
+    let mut endpoint_chains: Vec<OwnedChain> = Vec::new();
+    for (i, eps) in lists.into_iter().enumerate() {
+        if !used[i] || eps.is_empty() {
+            continue;
+        }
+        let mut rules = Vec::new();
+        for ep in eps {
+            let e = names.endpoint(ep);
+            rules.push(format!("{nf} saddr @{e} goto {e}"));
+            if !endpoint_chains.iter().any(|c| c.name == e) {
+                let dst = match ep.ip {
+                    IpAddr::V4(ip) => format!("{ip}:{}", ep.port),
+                    IpAddr::V6(ip) => format!("[{ip}]:{}", ep.port),
+                };
+                endpoint_chains.push(OwnedChain {
+                    name: e.clone(),
+                    rules: vec![format!(
+                        "update @{e} {{ {nf} saddr }} meta l4proto {} dnat {nf} to {dst}",
+                        proto(sp.key.protocol)
+                    )],
+                });
+                c.sets.push(OwnedSet {
+                    name: e.clone(),
+                    timeout,
+                });
+            }
+        }
+        let picks: Vec<String> = eps
+            .iter()
+            .enumerate()
+            .map(|(i, ep)| format!("{i} : goto {}", names.endpoint(ep)))
+            .collect();
+        rules.push(format!(
+            "numgen random mod {} vmap {{ {} }}",
+            eps.len(),
+            picks.join(", ")
+        ));
+        c.chains.push(OwnedChain {
+            name: names.pick_chain(i == 1),
+            rules,
+        });
+    }
+    // Endpoint chains first: the pick chains jump to them.
+    let picks = std::mem::take(&mut c.chains);
+    c.chains = endpoint_chains.into_iter().chain(picks).collect();
+}

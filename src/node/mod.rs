@@ -1,0 +1,78 @@
+//! Facts about this node read from the host (imperative shell).
+
+use crate::model::Family;
+use std::net::IpAddr;
+use std::process::Command;
+
+/// Addresses configured on this host's interfaces (`ip -o addr show`).
+pub fn local_addresses() -> Vec<IpAddr> {
+    let Ok(out) = Command::new("ip").args(["-o", "addr", "show"]).output() else {
+        return vec![];
+    };
+    parse_ip_addr(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Parses `ip -o addr show` lines: `2: eth0    inet 10.0.0.5/24 brd ... scope global eth0`.
+pub fn parse_ip_addr(text: &str) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        while let Some(tok) = it.next() {
+            if tok == "inet" || tok == "inet6" {
+                if let Some(addr) = it.next().and_then(|a| a.split('/').next()) {
+                    if let Ok(ip) = addr.parse::<IpAddr>() {
+                        out.push(ip);
+                    }
+                }
+                break;
+            }
+        }
+    }
+    out
+}
+
+pub fn of_family(ips: &[IpAddr], family: Family) -> Vec<IpAddr> {
+    ips.iter()
+        .filter(|ip| Family::of(ip) == family)
+        .cloned()
+        .collect()
+}
+
+/// One sysctl to hold at a value, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sysctl {
+    /// Relative to /proc/sys, e.g. `net/ipv4/vs/conntrack`.
+    pub key: &'static str,
+    pub value: &'static str,
+    pub why: &'static str,
+}
+
+/// Writes a sysctl under /proc/sys, logging what changed.
+pub fn set_sysctl(name: &str, value: &str) -> std::io::Result<()> {
+    let path = format!("/proc/sys/{}", name.replace('.', "/"));
+    let current = std::fs::read_to_string(&path)?;
+    if current.trim() != value {
+        std::fs::write(&path, value)?;
+        tracing::info!(
+            sysctl = name,
+            from = current.trim(),
+            to = value,
+            "set sysctl"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_addresses() {
+        let text = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever\n1: lo    inet6 ::1/128 scope host \n2: eth0    inet 10.0.0.5/24 brd 10.0.0.255 scope global eth0\n";
+        let ips = parse_ip_addr(text);
+        assert_eq!(ips.len(), 3);
+        assert_eq!(ips[2], "10.0.0.5".parse::<IpAddr>().unwrap());
+        assert_eq!(of_family(&ips, Family::V6).len(), 1);
+    }
+}

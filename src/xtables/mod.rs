@@ -1,0 +1,18 @@
+//! What the iptables and ipvs backends share about iptables: the binaries
+//! behind the [`Kernel`] trait and flavour detection ([`kernel`]), every
+//! `KUBE-*` chain name ([`names`]), the jumps from the built-in chains
+//! ([`jumps`]), chain reading and deletion ([`chains`]), the masquerade
+//! settings and mark ([`masq`]), and the one fake kernel of the unit tests.
+
+pub mod chains;
+pub mod jumps;
+pub mod kernel;
+pub mod masq;
+pub mod names;
+
+#[cfg(test)]
+pub mod fake;
+
+pub use jumps::Jump;
+pub use kernel::{detect_flavor, IptablesFlavor, Kernel, KernelFactory, SystemIptables, Table};
+pub use masq::Masquerade;

@@ -1,0 +1,175 @@
+//! Scenarios every proxy mode must pass alike: the same objects, the same
+//! probes, the same answers (run by kernel_iptables.rs and kernel_nftables.rs).
+
+use super::*;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Every kind of VIP with real TCP and UDP: ClusterIP from the node and a
+/// pod, NodePort, externalIP and LoadBalancer IP from outside, SNAT with
+/// Cluster policy, UDP, REJECT without endpoints, session affinity,
+/// hairpin, a named targetPort, externalTrafficPolicy Local.
+pub fn every_kind_of_vip(mode: &[&str]) {
+    let mut lab = Lab::new();
+    pods3(&mut lab);
+    let mut objs = String::new();
+    objs += &service("web", "{type: LoadBalancer, clusterIP: 10.96.0.10, externalIPs: [192.0.2.10], ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]}")
+        .replace("\n---\n", "\nstatus: {loadBalancer: {ingress: [{ip: 198.51.100.10}]}}\n---\n");
+    objs += &slice("web-1", "web", "[{name: http, port: 8080}]", &LOCAL3);
+    objs += &service(
+        "dns",
+        "{clusterIP: 10.96.0.53, ports: [{name: dns, port: 53, protocol: UDP}]}",
+    );
+    objs += &slice(
+        "dns-1",
+        "dns",
+        "[{name: dns, port: 5353, protocol: UDP}]",
+        &LOCAL3,
+    );
+    objs += &service("empty", "{clusterIP: 10.96.0.20, ports: [{port: 80}]}");
+    objs += &service(
+        "sticky",
+        "{clusterIP: 10.96.0.30, sessionAffinity: ClientIP, ports: [{port: 80}]}",
+    );
+    objs += &slice("sticky-1", "sticky", "[{port: 8080}]", &LOCAL3);
+    objs += &service("solo", "{clusterIP: 10.96.0.40, ports: [{port: 80}]}");
+    objs += &slice(
+        "solo-1",
+        "solo",
+        "[{port: 8080}]",
+        &[("10.244.1.10", NODE_NAME)],
+    );
+    objs += &service(
+        "named",
+        "{clusterIP: 10.96.0.50, ports: [{name: web, port: 80, targetPort: web-port}]}",
+    );
+    objs += &slice(
+        "named-a",
+        "named",
+        "[{name: web, port: 8080}]",
+        &[("10.244.1.10", NODE_NAME), ("10.244.1.11", NODE_NAME)],
+    );
+    objs += &slice(
+        "named-b",
+        "named",
+        "[{name: web, port: 9090}]",
+        &[("10.244.1.12", NODE_NAME)],
+    );
+    objs += &service("local", "{type: NodePort, clusterIP: 10.96.0.60, externalTrafficPolicy: Local, ports: [{port: 80, nodePort: 30081}]}");
+    objs += &slice(
+        "local-1",
+        "local",
+        "[{port: 8080}]",
+        &[("10.244.1.10", NODE_NAME), ("10.244.9.9", "node-b")],
+    );
+    lab.write("objects.yaml", &objs);
+    lab.start_proxy(mode);
+
+    let node = lab.node.clone();
+    wait_until("ClusterIP answers", WAIT, || {
+        curl(&node, "http://10.96.0.10/", 1).is_ok()
+    });
+
+    // ClusterIP from the node: spread over all three pods (expected 20 each).
+    let hits = spread(&node, "http://10.96.0.10/", 60);
+    eprintln!("ClusterIP from node, 60 requests: {hits:?}");
+    at_least_each(&hits, &["pod0:8080", "pod1:8080", "pod2:8080"], 5);
+
+    // ClusterIP from a pod.
+    let pod1 = lab.pod_ns("pod1");
+    let hits = spread(&pod1, "http://10.96.0.10/", 30);
+    at_least_each(&hits, &["pod0:8080", "pod1:8080", "pod2:8080"], 1);
+
+    // NodePort, externalIP and LoadBalancer IP from the external client.
+    let client = lab.client.clone();
+    for url in [
+        format!("http://{NODE_IP}:30080/"),
+        "http://192.0.2.10/".into(),
+        "http://198.51.100.10/".into(),
+    ] {
+        let hits = spread(&client, &url, 30);
+        eprintln!("{url} from client, 30 requests: {hits:?}");
+        at_least_each(&hits, &["pod0:8080", "pod1:8080", "pod2:8080"], 1);
+    }
+    // Cluster policy: the pod sees the node (SNAT), not the client.
+    let body = curl(&client, &format!("http://{NODE_IP}:30080/"), 2).unwrap();
+    assert!(
+        body.ends_with(BRIDGE_IP),
+        "expected SNAT to the node: {body}"
+    );
+
+    // UDP over the ClusterIP.
+    let hits = udp_spread(&node, "10.96.0.53", 53, 30);
+    eprintln!("UDP ClusterIP, 30 queries: {hits:?}");
+    assert_eq!(hits.get("timeout"), None, "{hits:?}");
+    assert!(hits.len() >= 2, "UDP should spread: {hits:?}");
+
+    // No endpoints: refused at once (REJECT), not a timeout.
+    assert_eq!(curl(&node, "http://10.96.0.20/", 3), Err(7));
+    assert_eq!(curl(&pod1, "http://10.96.0.20/", 3), Err(7));
+
+    // Session affinity: every request lands on the same pod.
+    let hits = spread(&node, "http://10.96.0.30/", 20);
+    assert_eq!(hits.len(), 1, "sessionAffinity ClientIP: {hits:?}");
+
+    // Hairpin: a pod reaching itself through its own service.
+    let pod0 = lab.pod_ns("pod0");
+    assert_eq!(
+        spread(&pod0, "http://10.96.0.40/", 5).get("pod0:8080"),
+        Some(&5)
+    );
+
+    // Named targetPort resolving to 8080 on some pods and 9090 on another.
+    let hits = spread(&node, "http://10.96.0.50/", 60);
+    eprintln!("named targetPort, 60 requests: {hits:?}");
+    at_least_each(&hits, &["pod0:8080", "pod1:8080", "pod2:9090"], 5);
+
+    // externalTrafficPolicy Local: only the local endpoint, client IP kept.
+    for _ in 0..20 {
+        let body = curl(&client, &format!("http://{NODE_IP}:30081/"), 2).unwrap();
+        assert_eq!(body, format!("pod0:8080 {CLIENT_IP}"), "eTP Local");
+    }
+    assert!(lab.proxy_running());
+}
+
+/// A dual-stack Service answers on both families; `programmed_v6` checks
+/// the mode's own dump for the IPv6 endpoint.
+pub fn dual_stack(mode: &[&str], programmed_v6: impl Fn(&Lab)) {
+    let mut lab = Lab::new();
+    lab.add_pod("pod0", 10, &[8080], &[]);
+    lab.add_pod("pod1", 11, &[8080], &[]);
+    let mut objs = service("dual", "{clusterIP: 10.96.0.10, clusterIPs: [10.96.0.10, \"fd00:96::10\"], ipFamilies: [IPv4, IPv6], type: NodePort, ports: [{port: 80, targetPort: 8080, nodePort: 30090}]}");
+    objs += &slice(
+        "dual-4",
+        "dual",
+        "[{port: 8080}]",
+        &[("10.244.1.10", NODE_NAME), ("10.244.1.11", NODE_NAME)],
+    );
+    objs += &slice(
+        "dual-6",
+        "dual",
+        "[{port: 8080}]",
+        &[("fd00:244:1::10", NODE_NAME), ("fd00:244:1::11", NODE_NAME)],
+    );
+    lab.write("dual.yaml", &objs);
+    lab.start_proxy(mode);
+    let node = lab.node.clone();
+    wait_until("IPv6 ClusterIP answers", WAIT, || {
+        curl(&node, "http://[fd00:96::10]/", 1).is_ok()
+    });
+    at_least_each(
+        &spread(&node, "http://[fd00:96::10]/", 30),
+        &["pod0:8080", "pod1:8080"],
+        3,
+    );
+    at_least_each(
+        &spread(&node, "http://10.96.0.10/", 30),
+        &["pod0:8080", "pod1:8080"],
+        3,
+    );
+    let client = lab.client.clone();
+    let body = curl(&client, &format!("http://[{NODE_IP6}]:30090/"), 2).unwrap();
+    assert!(body.starts_with("pod"), "{body}");
+    programmed_v6(&lab);
+}
