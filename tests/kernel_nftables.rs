@@ -230,6 +230,53 @@ fn takes_over_from_iptables_mode_without_a_gap_and_removes_its_chains() {
 }
 
 #[test]
+fn iptables_mode_takes_the_node_back_and_removes_the_tables() {
+    require_kernel!();
+    if !nft_required() {
+        return;
+    }
+    let mut lab = Lab::new();
+    pods3(&mut lab);
+    lab.write(
+        "web.yaml",
+        &(service(
+            "web",
+            "{type: NodePort, clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}",
+        ) + &slice("web-1", "web", "[{port: 8080}]", &LOCAL3)),
+    );
+    lab.start_proxy(&NFT);
+    let node = lab.node.clone();
+    wait_until("nftables mode answers", WAIT, || {
+        curl(&node, "http://10.96.0.10/", 1).is_ok()
+    });
+    let client = lab.client.clone();
+    let url = format!("http://{NODE_IP}:30080/");
+    let prober = std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0, 0);
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            match curl(&client, &url, 2) {
+                Ok(_) => ok += 1,
+                Err(_) => failed += 1,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (ok, failed)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    lab.stop_proxy(false);
+    lab.start_proxy(&[]);
+    wait_until("nftables tables removed", WAIT, || {
+        nft_list(&lab, "ip", "kube-proxy-rs").is_empty()
+            && nft_list(&lab, "ip6", "kube-proxy-rs").is_empty()
+    });
+    let (ok, failed) = prober.join().unwrap();
+    eprintln!("NodePort back to iptables mode: {ok} answered, {failed} failed");
+    assert_eq!(failed, 0);
+    assert!(lab.save(false, "nat").contains("KUBE-SERVICES"));
+}
+
+#[test]
 fn takes_over_from_upstream_nftables_mode_and_removes_its_table() {
     require_kernel!();
     if !nft_required() {

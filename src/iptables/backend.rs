@@ -9,6 +9,7 @@ use crate::cli::Settings;
 use crate::model::{Family, ServicePort, ServicePortKey};
 use crate::node::{self, Sysctl};
 use crate::xtables::chains::declared_chain;
+use crate::xtables::nft::{delete_nft_tables, nft_leftovers, system_nft, NftFactory};
 use crate::xtables::{chains, jumps, Kernel, KernelFactory, Masquerade};
 use anyhow::Result;
 use std::collections::BTreeSet;
@@ -68,6 +69,11 @@ pub struct IptablesBackend {
     engines: Vec<Engine>,
     /// `--nodeport-addresses primary`: NodePorts follow the Node's primary IPs.
     pub nodeport_primary: bool,
+    /// nft, to remove nftables mode's tables when taking a node over (None:
+    /// not looked for).
+    pub nft: Option<NftFactory>,
+    /// nftables tables found by the scan, removed after the next sync.
+    nft_leftovers: Vec<(Family, &'static str)>,
     /// Rule counts per chain as written, for the periodic check.
     written: super::rule_counts::Shared,
 }
@@ -103,6 +109,8 @@ impl IptablesBackend {
             factory,
             engines,
             nodeport_primary: false,
+            nft: None,
+            nft_leftovers: vec![],
             written: Default::default(),
         }
     }
@@ -168,8 +176,8 @@ impl IptablesBackend {
 impl Backend for IptablesBackend {
     const MODE: &'static str = "iptables";
     /// nat service chains left by an earlier run, by compact name (60,000
-    /// at 10,000 Services).
-    type Scan = Vec<(Family, ChainName)>;
+    /// at 10,000 Services), and nftables mode's tables.
+    type Scan = (Vec<(Family, ChainName)>, Vec<(Family, &'static str)>);
 
     fn new(s: &Settings) -> Result<Self> {
         let local_ips = node::local_addresses();
@@ -179,6 +187,7 @@ impl Backend for IptablesBackend {
             s.max_payload_lines,
         );
         b.nodeport_primary = s.nodeport_primary;
+        b.nft = Some(system_nft());
         Ok(b)
     }
 
@@ -188,8 +197,15 @@ impl Backend for IptablesBackend {
         changed: &BTreeSet<ServicePortKey>,
         full: bool,
     ) -> Result<SyncStats, SyncError> {
-        self.sync_families(ports, changed, full)
-            .map_err(SyncError::restore)
+        let stats = self
+            .sync_families(ports, changed, full)
+            .map_err(SyncError::restore)?;
+        if let (Some(nft), false) = (&self.nft, self.nft_leftovers.is_empty()) {
+            let gone = std::mem::take(&mut self.nft_leftovers);
+            tracing::info!(tables = ?gone, "removing nftables mode's tables now that iptables rules are in place");
+            delete_nft_tables(nft().as_mut(), &gone)?;
+        }
+        Ok(stats)
     }
 
     fn verify_job(&self) -> Option<Job<bool>> {
@@ -240,8 +256,10 @@ impl Backend for IptablesBackend {
 
     fn scan_job(&self) -> Option<Job<Self::Scan>> {
         let factory = self.factory.clone();
+        let nft = self.nft.clone();
         let families = self.families();
         Some(Box::new(move || {
+            let tables = nft_leftovers(nft, &families);
             let mut kernel = factory();
             let mut found: Vec<(Family, ChainName)> = Vec::new();
             for family in families {
@@ -251,12 +269,13 @@ impl Backend for IptablesBackend {
                     }
                 })?;
             }
-            Ok(found)
+            Ok((found, tables))
         }))
     }
 
-    fn apply_scan(&mut self, found: Self::Scan) -> bool {
-        let mut any = false;
+    fn apply_scan(&mut self, (found, tables): Self::Scan) -> bool {
+        let mut any = !tables.is_empty();
+        self.nft_leftovers = tables;
         for engine in &mut self.engines {
             let fam = engine.cfg.family();
             engine.note_existing(

@@ -17,6 +17,7 @@ use crate::cli::Settings;
 use crate::model::ServicePort;
 use crate::model::{Family, ServicePortKey};
 use crate::node::Sysctl;
+use crate::xtables::nft::{delete_nft_tables, nft_leftovers, system_nft, NftFactory};
 use crate::xtables::{chains, jumps, Kernel, KernelFactory, Masquerade};
 use anyhow::{Context, Result};
 use ipnet::IpNet;
@@ -99,6 +100,11 @@ pub struct IpvsBackend {
     primed: bool,
     sysctls_done: bool,
     primary_ips: Vec<IpAddr>,
+    /// nft, to remove nftables mode's tables when taking a node over (None:
+    /// not looked for).
+    pub nft: Option<NftFactory>,
+    /// nftables tables found by the scan, removed after the next sync.
+    nft_leftovers: Vec<(Family, &'static str)>,
 }
 
 impl IpvsBackend {
@@ -147,6 +153,8 @@ impl IpvsBackend {
             primed: false,
             sysctls_done: false,
             primary_ips: vec![],
+            nft: None,
+            nft_leftovers: vec![],
         }
     }
 
@@ -458,17 +466,20 @@ impl IpvsBackend {
 
 impl Backend for IpvsBackend {
     const MODE: &'static str = "ipvs";
-    type Scan = ();
+    /// nftables mode's tables on this node.
+    type Scan = Vec<(Family, &'static str)>;
 
     fn new(s: &Settings) -> Result<Self> {
         use super::{ipset::apply::SystemIpset, link::SystemLink, netlink::IpvsSocket};
-        Ok(IpvsBackend::new(
+        let mut b = IpvsBackend::new(
             IpvsSettings::of(s),
             Arc::new(|| Ok(Box::new(IpvsSocket::connect()?) as Box<dyn IpvsKernel>)),
             Arc::new(|| Box::new(SystemLink) as Box<dyn LinkKernel>),
             crate::xtables::kernel::system_factory(s.iptables_flavor),
             Box::new(SystemIpset::default()),
-        ))
+        );
+        b.nft = Some(system_nft());
+        Ok(b)
     }
 
     fn sync(
@@ -478,6 +489,11 @@ impl Backend for IpvsBackend {
         full: bool,
     ) -> Result<SyncStats, SyncError> {
         let r = self.sync_inner(ports, changed, full);
+        if let (Ok(_), Some(nft), false) = (&r, &self.nft, self.nft_leftovers.is_empty()) {
+            let gone = std::mem::take(&mut self.nft_leftovers);
+            tracing::info!(tables = ?gone, "removing nftables mode's tables now that IPVS is programmed");
+            delete_nft_tables(nft().as_mut(), &gone)?;
+        }
         if r.is_err() {
             // Re-read everything next time; drop a socket that may be broken.
             self.primed = false;
@@ -523,12 +539,16 @@ impl Backend for IpvsBackend {
         }))
     }
 
-    fn scan_job(&self) -> Option<Job<()>> {
-        None
+    fn scan_job(&self) -> Option<Job<Self::Scan>> {
+        let nft = self.nft.clone()?;
+        let families = self.families();
+        Some(Box::new(move || Ok(nft_leftovers(Some(nft), &families))))
     }
 
-    fn apply_scan(&mut self, _found: ()) -> bool {
-        false
+    fn apply_scan(&mut self, found: Self::Scan) -> bool {
+        let any = !found.is_empty();
+        self.nft_leftovers = found;
+        any
     }
 
     fn set_primary_ips(&mut self, ips: &[IpAddr]) -> bool {

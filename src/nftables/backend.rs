@@ -3,13 +3,15 @@
 //! of chains (not elements), and the removal of what other modes (or
 //! upstream kube-proxy's nftables mode) left once ours is in place.
 
-use super::kernel::{NftFactory, NftKernel, SystemNft};
 use super::layout::{nf_family, NftConfig, TABLE, UPSTREAM_TABLE};
 use super::state::{FamilyState, Listing};
 use crate::backend::{Backend, Job, Ports, SyncError, SyncStats};
 use crate::cli::Settings;
 use crate::model::{Family, ServicePort, ServicePortKey};
 use crate::node::{self, Sysctl};
+use crate::xtables::nft::{
+    delete_nft_tables, nft_tables_present, NftFactory, NftKernel, SystemNft,
+};
 use crate::xtables::{chains, names, Kernel, KernelFactory, Masquerade, Table};
 use anyhow::Result;
 use std::collections::BTreeSet;
@@ -294,15 +296,8 @@ impl Backend for NftablesBackend {
     }
 
     fn cleanup(&mut self) -> Result<()> {
-        for f in [Family::V4, Family::V6] {
-            for table in [TABLE, UPSTREAM_TABLE] {
-                if self.kernel.list(f, table)?.is_some() {
-                    self.kernel
-                        .apply(&format!("delete table {} {table}\n", nf_family(f)))?;
-                }
-            }
-        }
-        Ok(())
+        let found = nft_tables_present(self.kernel.as_mut(), &[Family::V4, Family::V6])?;
+        delete_nft_tables(self.kernel.as_mut(), &found)
     }
 
     fn node_sysctls(_s: &Settings) -> Vec<Sysctl> {

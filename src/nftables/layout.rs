@@ -22,10 +22,9 @@ use ipnet::IpNet;
 use std::fmt::Write;
 use std::net::IpAddr;
 
-/// Our table's name in both families (upstream's is `kube-proxy`).
-pub const TABLE: &str = "kube-proxy-rs";
-/// Upstream kube-proxy's nftables-mode table, removed once ours is programmed.
-pub const UPSTREAM_TABLE: &str = "kube-proxy";
+/// Our table's name in both families (upstream's is `kube-proxy`, removed
+/// once ours is programmed).
+pub use crate::xtables::nft::{OUR_TABLE as TABLE, UPSTREAM_TABLE};
 
 /// Knobs of one family's ruleset.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,13 +86,7 @@ impl NftConfig {
     }
 }
 
-/// `ip` or `ip6`.
-pub fn nf_family(f: Family) -> &'static str {
-    match f {
-        Family::V4 => "ip",
-        Family::V6 => "ip6",
-    }
-}
+pub use crate::xtables::nft::nf_family;
 
 /// A set or map of the fixed layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -5,12 +5,11 @@
 //!
 //! Pure: [`layout`] (the fixed chains, sets and maps), [`elements`] (what
 //! one service port adds), [`state`] (desired state and the transaction of
-//! a sync). I/O: [`kernel`] (`nft -f -`, `nft -t list`); [`backend`] ties
-//! them to the sync loop.
+//! a sync). I/O: [`crate::xtables::nft`] (`nft -f -`, `nft -t list`);
+//! [`backend`] ties them to the sync loop.
 
 pub mod backend;
 pub mod elements;
-pub mod kernel;
 pub mod layout;
 pub mod state;
 

@@ -1,6 +1,8 @@
 //! The nft binary, behind the [`NftKernel`] trait (faked in tests): one
 //! `nft -f -` per transaction, scripts over stdin; `nft -t list table` to
-//! read a table's chains and sets back without its elements.
+//! read a table's chains and sets back without its elements. The nftables
+//! backend programs through it; every mode removes nftables mode's tables
+//! (ours and upstream's) through it when it takes a node over.
 
 use crate::model::Family;
 use anyhow::{bail, Context, Result};
@@ -13,6 +15,64 @@ pub trait NftKernel: Send {
     fn apply(&mut self, script: &str) -> Result<()>;
     /// `nft -t list table <family> <table>`; `None` when there is no such table.
     fn list(&mut self, family: Family, table: &str) -> Result<Option<String>>;
+}
+
+/// `ip` or `ip6`: a table's family, and the address match keyword.
+pub fn nf_family(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
+}
+
+/// nftables mode's table (in both families).
+pub const OUR_TABLE: &str = "kube-proxy-rs";
+/// Upstream kube-proxy's nftables-mode table.
+pub const UPSTREAM_TABLE: &str = "kube-proxy";
+/// nftables mode's tables: ours, and upstream kube-proxy's.
+pub const NFT_TABLES: [&str; 2] = [OUR_TABLE, UPSTREAM_TABLE];
+
+/// The tables of [`NFT_TABLES`] this node has, per family.
+pub fn nft_tables_present(
+    nft: &mut dyn NftKernel,
+    families: &[Family],
+) -> Result<Vec<(Family, &'static str)>> {
+    let mut out = Vec::new();
+    for &f in families {
+        for t in NFT_TABLES {
+            if nft.list(f, t)?.is_some() {
+                out.push((f, t));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes the given tables, in one transaction.
+pub fn delete_nft_tables(nft: &mut dyn NftKernel, tables: &[(Family, &str)]) -> Result<()> {
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let script: String = tables
+        .iter()
+        .map(|(f, t)| format!("delete table {} {t}\n", nf_family(*f)))
+        .collect();
+    nft.apply(&script)
+}
+
+/// The real nft, as a factory.
+pub fn system_nft() -> NftFactory {
+    Arc::new(|| Box::new(SystemNft) as Box<dyn NftKernel>)
+}
+
+/// For iptables and ipvs mode's scan: nftables mode's tables on this node
+/// (none when there is no nft, or it cannot be read: nothing to remove).
+pub fn nft_leftovers(nft: Option<NftFactory>, families: &[Family]) -> Vec<(Family, &'static str)> {
+    let Some(nft) = nft else { return vec![] };
+    nft_tables_present(nft().as_mut(), families).unwrap_or_else(|e| {
+        tracing::debug!(error = %format!("{e:#}"), "cannot read nftables; not looking for nftables mode's tables");
+        vec![]
+    })
 }
 
 /// Builds a fresh handle (the periodic check runs on its own thread).
@@ -62,13 +122,7 @@ impl NftKernel for SystemNft {
 
     fn list(&mut self, family: Family, table: &str) -> Result<Option<String>> {
         let out = Command::new("nft")
-            .args([
-                "-t",
-                "list",
-                "table",
-                super::layout::nf_family(family),
-                table,
-            ])
+            .args(["-t", "list", "table", nf_family(family), table])
             .stdin(Stdio::null())
             .output()
             .context("running nft (is the nftables package installed?)")?;
