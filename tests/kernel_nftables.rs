@@ -20,7 +20,7 @@ fn nft_list(lab: &Lab, family: &str, table: &str) -> String {
 
 fn nft_required() -> bool {
     if run(&["sh", "-c", "command -v nft"]).status.code() != Some(0) {
-        eprintln!("SKIPPED: nft not installed (run scripts/setup.sh)");
+        support::skip("nft not installed (run scripts/setup.sh)");
         return false;
     }
     true

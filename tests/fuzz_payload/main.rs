@@ -336,7 +336,7 @@ fn fuzz_object_to_payload() {
 
     let skip = restore_skip_reason();
     match &skip {
-        Some(why) => println!("fuzz_payload: skipping iptables-restore --test: {why}"),
+        Some(why) => support::skip(&format!("fuzz_payload: iptables-restore --test: {why}")),
         None => {
             let cases = std::env::var("FUZZ_PAYLOAD_RESTORE_CASES")
                 .ok()
