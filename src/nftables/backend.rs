@@ -271,20 +271,8 @@ impl Backend for NftablesBackend {
         }
         let mut changed = false;
         for st in &mut self.families {
-            let fam = st.cfg.family();
-            let mine: Vec<IpAddr> = ips
-                .iter()
-                .filter(|ip| Family::of(ip) == fam)
-                .copied()
-                .collect();
-            let nets: Vec<ipnet::IpNet> = mine.iter().map(|ip| ipnet::IpNet::from(*ip)).collect();
-            if st.cfg.nodeport_addresses != nets {
-                for ip in &mine {
-                    if !st.cfg.node_ips.contains(ip) {
-                        st.cfg.node_ips.push(*ip);
-                    }
-                }
-                st.cfg.nodeport_addresses = nets;
+            let c = &mut st.cfg;
+            if node::follow_primary(c.family(), ips, &mut c.nodeport_addresses, &mut c.node_ips) {
                 st.invalidate();
                 changed = true;
             }

@@ -79,6 +79,21 @@ pub fn nft_leftovers(nft: Option<NftFactory>, families: &[Family]) -> Vec<(Famil
     })
 }
 
+/// After a sync of iptables or ipvs mode: removes nftables mode's tables
+/// the scan found (`found` is emptied), once this mode's rules are in place.
+pub fn remove_leftover_tables(
+    nft: &Option<NftFactory>,
+    found: &mut Vec<(Family, &'static str)>,
+) -> Result<()> {
+    let Some(nft) = nft else { return Ok(()) };
+    if found.is_empty() {
+        return Ok(());
+    }
+    let gone = std::mem::take(found);
+    tracing::info!(tables = ?gone, "removing nftables mode's tables now that this mode's rules are in place");
+    delete_nft_tables(nft().as_mut(), &gone)
+}
+
 /// Builds a fresh handle (the periodic check runs on its own thread).
 pub type NftFactory = Arc<dyn Fn() -> Box<dyn NftKernel> + Send + Sync>;
 
