@@ -103,6 +103,16 @@ fn healthz_livez_and_metrics_follow_syncs_and_failures() {
 #[test]
 fn health_check_node_port_follows_local_endpoints() {
     require_kernel!();
+    health_check_node_port_follows_local_endpoints_in(&[]);
+}
+
+#[test]
+fn health_check_node_port_follows_local_endpoints_nftables() {
+    require_kernel!();
+    health_check_node_port_follows_local_endpoints_in(&["--proxy-mode", "nftables"]);
+}
+
+fn health_check_node_port_follows_local_endpoints_in(mode: &[&str]) {
     let mut lab = Lab::new();
     lab.add_pod("pod0", 10, &[8080], &[]);
     let lb = |node: &str| {
@@ -112,7 +122,7 @@ fn health_check_node_port_follows_local_endpoints() {
         ) + &slice("lb-1", "lb", "[{port: 8080}]", &[("10.244.1.10", node)])
     };
     lab.write("lb.yaml", &lb(NODE_NAME));
-    lab.start_proxy(&[]);
+    lab.start_proxy(mode);
     let node = lab.node.clone();
     let client = lab.client.clone();
     let url = format!("http://{NODE_IP}:32100/");
@@ -137,6 +147,16 @@ fn health_check_node_port_follows_local_endpoints() {
 #[test]
 fn node_object_drives_eligibility_and_topology() {
     require_kernel!();
+    node_object_drives_eligibility_and_topology_in(&[]);
+}
+
+#[test]
+fn node_object_drives_eligibility_and_topology_nftables() {
+    require_kernel!();
+    node_object_drives_eligibility_and_topology_in(&["--proxy-mode", "nftables"]);
+}
+
+fn node_object_drives_eligibility_and_topology_in(mode: &[&str]) {
     let mut lab = Lab::new();
     lab.add_pod("pod0", 10, &[8080], &[]);
     lab.add_pod("pod1", 11, &[8080], &[]);
@@ -152,7 +172,7 @@ fn node_object_drives_eligibility_and_topology() {
         + "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: near-1, namespace: test, labels: {kubernetes.io/service-name: near}}\naddressType: IPv4\nports: [{port: 8080}]\nendpoints:\n- {addresses: [10.244.1.10], zone: zone-a, hints: {forZones: [{name: zone-a}]}}\n- {addresses: [10.244.1.11], zone: zone-b, hints: {forZones: [{name: zone-b}]}}\n";
     lab.write("near.yaml", &svc);
     lab.write("node.yaml", &node_obj("zone-a", false));
-    lab.start_proxy(&[]);
+    lab.start_proxy(mode);
     let node = lab.node.clone();
     wait_until("service answers", WAIT, || {
         curl(&node, "http://10.96.0.30/", 1).is_ok()
@@ -184,6 +204,16 @@ fn node_object_drives_eligibility_and_topology() {
 #[test]
 fn nodeport_addresses_primary_follow_the_node_object() {
     require_kernel!();
+    nodeport_addresses_primary_follow_the_node_object_in(&[]);
+}
+
+#[test]
+fn nodeport_addresses_primary_follow_the_node_object_nftables() {
+    require_kernel!();
+    nodeport_addresses_primary_follow_the_node_object_in(&["--proxy-mode", "nftables"]);
+}
+
+fn nodeport_addresses_primary_follow_the_node_object_in(mode: &[&str]) {
     let mut lab = Lab::new();
     lab.add_pod("pod0", 10, &[8080], &[]);
     let node_obj = |ip: &str| {
@@ -195,7 +225,9 @@ fn nodeport_addresses_primary_follow_the_node_object() {
             + &slice("np-1", "np", "[{port: 8080}]", &[("10.244.1.10", NODE_NAME)])),
     );
     lab.write("node.yaml", &node_obj(NODE_IP));
-    lab.start_proxy(&["--nodeport-addresses", "primary"]);
+    let mut args = vec!["--nodeport-addresses", "primary"];
+    args.extend_from_slice(mode);
+    lab.start_proxy(&args);
     let (node, client) = (lab.node.clone(), lab.client.clone());
     wait_until("NodePort on the primary IP", WAIT, || {
         curl(&client, &format!("http://{NODE_IP}:30040/"), 1).is_ok()

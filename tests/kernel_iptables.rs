@@ -15,6 +15,12 @@ fn traffic_reaches_pods_through_every_kind_of_vip() {
 }
 
 #[test]
+fn policies_and_endpoint_conditions() {
+    require_kernel!();
+    scenarios::policies(&[]);
+}
+
+#[test]
 fn dual_stack_programs_both_families() {
     require_kernel!();
     scenarios::dual_stack(&[], |lab| {

@@ -48,6 +48,15 @@ fn dual_stack_programs_both_families() {
 }
 
 #[test]
+fn policies_and_endpoint_conditions() {
+    require_kernel!();
+    if !nft_required() {
+        return;
+    }
+    scenarios::policies(&NFT);
+}
+
+#[test]
 fn endpoint_changes_are_programmed_without_touching_chains() {
     require_kernel!();
     if !nft_required() {
@@ -346,4 +355,50 @@ fn rendered_rulesets_are_accepted_by_nft() {
             let _ = std::fs::remove_file(file);
         }
     }
+}
+
+#[test]
+fn stale_udp_conntrack_entries_are_flushed() {
+    require_kernel!();
+    if !nft_required() {
+        return;
+    }
+    if run(&["sh", "-c", "command -v conntrack"]).status.code() != Some(0) {
+        skip("conntrack tool not installed (run scripts/setup.sh)");
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.add_pod("pod0", 10, &[8080], &[5353]);
+    lab.add_pod("pod1", 11, &[8080], &[5353]);
+    let dns = |ep: &str| {
+        service(
+            "dns",
+            "{clusterIP: 10.96.0.53, ports: [{port: 53, protocol: UDP}]}",
+        ) + &slice(
+            "dns-1",
+            "dns",
+            "[{port: 5353, protocol: UDP}]",
+            &[(ep, NODE_NAME)],
+        )
+    };
+    lab.write("dns.yaml", &dns("10.244.1.10"));
+    lab.start_proxy(&NFT);
+    let query = |lab: &Lab| {
+        let script = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',40000))\ns.settimeout(1)\ntry:\n  s.sendto(b'q',('10.96.0.53',53)); print(s.recvfrom(200)[0].decode().split()[0])\nexcept OSError: print('timeout')\n";
+        let out = lab.in_ns(&lab.node, &["python3", "-c", script]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // One endpoint over UDP: the dispatch chain c1 must DNAT UDP too.
+    wait_until("UDP service answers", WAIT, || query(&lab) == "pod0:5353");
+    // The same flow (source port 40000) is tracked to pod0; moving the
+    // endpoint must not leave it there.
+    lab.write("dns.yaml", &dns("10.244.1.11"));
+    wait_until("pod0 gone from the map", WAIT, || {
+        !nft_list(&lab, "ip", "kube-proxy-rs").contains("10.244.1.10 . 5353")
+    });
+    wait_until(
+        "same UDP flow now answered by pod1",
+        Duration::from_secs(5),
+        || query(&lab) == "pod1:5353",
+    );
 }

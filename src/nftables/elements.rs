@@ -54,6 +54,11 @@ fn hash8(parts: &[&str]) -> String {
     s.to_ascii_lowercase()
 }
 
+/// The address of a VIP tuple key.
+fn vip_ip(key: &str) -> &str {
+    key.split(" . ").next().unwrap_or_default()
+}
+
 /// `ip . proto . port`: a VIP tuple key.
 fn vip_key(ip: &IpAddr, sp: &ServicePort) -> String {
     format!("{ip} . {} . {}", proto(sp.key.protocol), sp.port)
@@ -261,10 +266,17 @@ pub fn contribution(sp: &ServicePort, cfg: &NftConfig) -> Contribution {
                 if !c.dispatch.contains(&(pick, eps.len())) {
                     c.dispatch.push((pick, eps.len()));
                 }
+                // The endpoint maps are per protocol: their key leaves it out.
+                let bare = match pick {
+                    Pick::Cluster | Pick::Local => format!("{} . {}", vip_ip(&key), sp.port),
+                    Pick::NodePortCluster | Pick::NodePortLocal => {
+                        key.rsplit(" . ").next().unwrap_or_default().to_string()
+                    }
+                };
                 for (i, ep) in eps.iter().enumerate() {
                     c.elements.push(Element {
-                        map: pick.eps(),
-                        key: format!("{key} . {i}"),
+                        map: pick.eps(sp.key.protocol),
+                        key: format!("{bare} . {i}"),
                         value: Some(ep_value(ep)),
                     });
                 }

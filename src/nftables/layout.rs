@@ -10,7 +10,7 @@
 //!                           fib daddr local ─> nodeports: vmap @nodeports │   external[-local]
 //!                                                                         │   firewall[-local]
 //!     each of those: masquerade marks, then (key) vmap @cluster-groups / @local-groups
-//!        ─> cN / lN: dnat to (key . numgen random mod N) map @cluster-eps / @local-eps
+//!        ─> cN / lN: dnat to (key . numgen random mod N) map @cluster-eps-<proto> / ...
 //!  nat postrouting ─> masquerading: hairpin pairs and the mark -> masquerade
 //!  filter input/forward/output ─> no-endpoint REJECT/DROP maps, firewall drops,
 //!                                 conntrack INVALID drop (forward)
@@ -96,11 +96,12 @@ pub enum MapId {
     LocalGroups,
     NodePortClusterGroups,
     NodePortLocalGroups,
-    /// (VIP tuple . bucket) -> endpoint.
-    ClusterEps,
-    LocalEps,
-    NodePortClusterEps,
-    NodePortLocalEps,
+    /// (VIP . port . bucket) -> endpoint . port, or (NodePort . bucket) ->
+    /// endpoint . port, one map per pick and protocol: the port is typed
+    /// as that protocol's (`udp dport`), which makes nft match the protocol
+    /// too; a `th dport` value cannot be read back by nft 1.0.6, and a
+    /// `tcp dport` one for every protocol makes nft match TCP only.
+    Eps(Pick, Protocol),
     /// ClusterIP tuples with no usable endpoint -> reject or drop.
     NoEndpointInternal,
     /// External VIP tuples with no usable endpoint -> reject or drop.
@@ -109,26 +110,33 @@ pub enum MapId {
 }
 
 impl MapId {
-    pub const ALL: [MapId; 18] = [
-        MapId::PodCidrs,
-        MapId::NodePortIps,
-        MapId::Hairpin,
-        MapId::FirewallVips,
-        MapId::FirewallAllow,
-        MapId::Vips,
-        MapId::NodePorts,
-        MapId::ClusterGroups,
-        MapId::LocalGroups,
-        MapId::NodePortClusterGroups,
-        MapId::NodePortLocalGroups,
-        MapId::ClusterEps,
-        MapId::LocalEps,
-        MapId::NodePortClusterEps,
-        MapId::NodePortLocalEps,
-        MapId::NoEndpointInternal,
-        MapId::NoEndpointExternal,
-        MapId::NoEndpointNodePorts,
-    ];
+    /// Every set and map of the layout.
+    pub fn all() -> Vec<MapId> {
+        let mut v = vec![
+            MapId::PodCidrs,
+            MapId::NodePortIps,
+            MapId::Hairpin,
+            MapId::FirewallVips,
+            MapId::FirewallAllow,
+            MapId::Vips,
+            MapId::NodePorts,
+            MapId::ClusterGroups,
+            MapId::LocalGroups,
+            MapId::NodePortClusterGroups,
+            MapId::NodePortLocalGroups,
+        ];
+        for pick in Pick::ALL {
+            for proto in PROTOCOLS {
+                v.push(MapId::Eps(pick, proto));
+            }
+        }
+        v.extend([
+            MapId::NoEndpointInternal,
+            MapId::NoEndpointExternal,
+            MapId::NoEndpointNodePorts,
+        ]);
+        v
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -143,10 +151,7 @@ impl MapId {
             MapId::LocalGroups => "local-groups",
             MapId::NodePortClusterGroups => "nodeport-cluster-groups",
             MapId::NodePortLocalGroups => "nodeport-local-groups",
-            MapId::ClusterEps => "cluster-eps",
-            MapId::LocalEps => "local-eps",
-            MapId::NodePortClusterEps => "nodeport-cluster-eps",
-            MapId::NodePortLocalEps => "nodeport-local-eps",
+            MapId::Eps(pick, proto) => eps_name(pick, proto),
             MapId::NoEndpointInternal => "no-endpoint-internal",
             MapId::NoEndpointExternal => "no-endpoint-external",
             MapId::NoEndpointNodePorts => "no-endpoint-nodeports",
@@ -186,15 +191,13 @@ impl MapId {
             | MapId::NodePortClusterGroups
             | MapId::NodePortLocalGroups
             | MapId::NoEndpointNodePorts => format!("type {port} : verdict;"),
-            // The value's port is typed `tcp dport` for every protocol: nft
-            // 1.0.6 cannot read back a map whose typeof value has `th dport`
-            // (each later `nft -f` on the table would fail).
-            MapId::ClusterEps | MapId::LocalEps => format!(
-                "typeof {nf} daddr . meta l4proto . th dport . numgen random mod 1 : {nf} daddr . tcp dport;"
-            ),
-            MapId::NodePortClusterEps | MapId::NodePortLocalEps => format!(
-                "typeof meta l4proto . th dport . numgen random mod 1 : {nf} daddr . tcp dport;"
-            ),
+            MapId::Eps(pick, proto) => {
+                let p = proto.lower();
+                format!(
+                    "typeof {} . numgen random mod 1 : {nf} daddr . {p} dport;",
+                    pick.key(nf, proto)
+                )
+            }
         }
     }
 }
@@ -220,13 +223,17 @@ impl Pick {
         Pick::NodePortLocal,
     ];
 
-    /// The map of (key . bucket) -> endpoint it reads.
-    pub fn eps(self) -> MapId {
+    /// The map of (key . bucket) -> endpoint it reads for `proto`.
+    pub fn eps(self, proto: Protocol) -> MapId {
+        MapId::Eps(self, proto)
+    }
+
+    /// The packet's key into its endpoint maps: VIP and port, or NodePort.
+    fn key(self, nf: &str, proto: Protocol) -> String {
+        let p = proto.lower();
         match self {
-            Pick::Cluster => MapId::ClusterEps,
-            Pick::Local => MapId::LocalEps,
-            Pick::NodePortCluster => MapId::NodePortClusterEps,
-            Pick::NodePortLocal => MapId::NodePortLocalEps,
+            Pick::Cluster | Pick::Local => format!("{nf} daddr . {p} dport"),
+            Pick::NodePortCluster | Pick::NodePortLocal => format!("{p} dport"),
         }
     }
 
@@ -272,16 +279,18 @@ impl Pick {
         None
     }
 
-    /// The rule of the dispatch chain for `n` endpoints.
-    pub fn rule(self, nf: &str, n: usize) -> String {
-        let key = match self {
-            Pick::Cluster | Pick::Local => format!("{nf} daddr . meta l4proto . th dport"),
-            Pick::NodePortCluster | Pick::NodePortLocal => "meta l4proto . th dport".to_string(),
-        };
-        format!(
-            "dnat {nf} to {key} . numgen random mod {n} map @{}",
-            self.eps().name()
-        )
+    /// The rules of the dispatch chain for `n` endpoints, one per protocol.
+    pub fn rules(self, nf: &str, n: usize) -> Vec<String> {
+        PROTOCOLS
+            .iter()
+            .map(|&proto| {
+                format!(
+                    "dnat {nf} to {} . numgen random mod {n} map @{}",
+                    self.key(nf, proto),
+                    self.eps(proto).name()
+                )
+            })
+            .collect()
     }
 }
 
@@ -318,6 +327,28 @@ impl Entry {
             Entry::NodePort => "nodeport",
             Entry::NodePortLocal => "nodeport-local",
         }
+    }
+}
+
+/// The protocols a Service port may have.
+pub const PROTOCOLS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
+fn eps_name(pick: Pick, proto: Protocol) -> &'static str {
+    use Pick::*;
+    use Protocol::*;
+    match (pick, proto) {
+        (Cluster, Tcp) => "cluster-eps-tcp",
+        (Cluster, Udp) => "cluster-eps-udp",
+        (Cluster, Sctp) => "cluster-eps-sctp",
+        (Local, Tcp) => "local-eps-tcp",
+        (Local, Udp) => "local-eps-udp",
+        (Local, Sctp) => "local-eps-sctp",
+        (NodePortCluster, Tcp) => "nodeport-cluster-eps-tcp",
+        (NodePortCluster, Udp) => "nodeport-cluster-eps-udp",
+        (NodePortCluster, Sctp) => "nodeport-cluster-eps-sctp",
+        (NodePortLocal, Tcp) => "nodeport-local-eps-tcp",
+        (NodePortLocal, Udp) => "nodeport-local-eps-udp",
+        (NodePortLocal, Sctp) => "nodeport-local-eps-sctp",
     }
 }
 
@@ -552,7 +583,7 @@ pub fn fixed_chain_names() -> Vec<&'static str> {
 pub fn fixed_commands(cfg: &NftConfig, out: &mut String) {
     let t = format!("{} {TABLE}", cfg.nf());
     let _ = writeln!(out, "add table {t}");
-    for m in MapId::ALL {
+    for m in MapId::all() {
         let kind = if m.is_map() { "map" } else { "set" };
         let _ = writeln!(
             out,

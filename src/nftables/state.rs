@@ -182,7 +182,9 @@ impl FamilyState {
             let name = pick.chain(*n);
             let _ = writeln!(out, "add chain {t} {name}");
             let _ = writeln!(out, "flush chain {t} {name}");
-            let _ = writeln!(out, "add rule {t} {name} {}", pick.rule(self.cfg.nf(), *n));
+            for r in pick.rules(self.cfg.nf(), *n) {
+                let _ = writeln!(out, "add rule {t} {name} {r}");
+            }
             p.chains_written += 1;
         }
         // Affinity sets (their clients are kept when they exist) and chains.
@@ -243,7 +245,7 @@ impl FamilyState {
                 let _ = writeln!(out, "delete chain {t} {c}");
                 p.chains_deleted += 1;
             }
-            let fixed_sets: BTreeSet<&str> = MapId::ALL.iter().map(|m| m.name()).collect();
+            let fixed_sets: BTreeSet<&str> = MapId::all().iter().map(|m| m.name()).collect();
             for s in &l.sets {
                 if !fixed_sets.contains(s.as_str()) && !sets.contains_key(s.as_str()) {
                     let _ = writeln!(out, "delete set {t} {s}");
@@ -309,7 +311,9 @@ impl FamilyState {
         for (pick, n) in &new_dispatch {
             let name = pick.chain(*n);
             let _ = writeln!(out, "add chain {t} {name}");
-            let _ = writeln!(out, "add rule {t} {name} {}", pick.rule(self.cfg.nf(), *n));
+            for r in pick.rules(self.cfg.nf(), *n) {
+                let _ = writeln!(out, "add rule {t} {name} {r}");
+            }
             self.dispatch.insert((*pick, *n));
             p.chains_written += 1;
         }
@@ -403,7 +407,7 @@ impl FamilyState {
             .map(|c| (c.name.to_string(), c.rules.len()))
             .collect();
         for (pick, n) in &self.dispatch {
-            chains.insert(pick.chain(*n), 1);
+            chains.insert(pick.chain(*n), pick.rules(self.cfg.nf(), *n).len());
         }
         for (name, c) in self.owned_chains() {
             chains.insert(name.to_string(), c.rules.len());
@@ -436,7 +440,7 @@ impl Expected {
                 _ => {}
             }
         }
-        for m in MapId::ALL {
+        for m in MapId::all() {
             if !l.sets.contains(m.name()) {
                 return Err(format!("set {} is missing", m.name()));
             }

@@ -7,7 +7,7 @@
 //! existing table) in a throwaway namespace.
 
 use super::*;
-use kube_proxy_rs::nftables::layout::{fixed_chains, MapId, NftConfig, Pick};
+use kube_proxy_rs::nftables::layout::{fixed_chains, MapId, NftConfig, Pick, PROTOCOLS};
 
 fn is_hash_name(s: &str) -> bool {
     s.len() == 12
@@ -49,19 +49,20 @@ fn check_item(
             || (t.contains('/') && addr_of_family(t.split('/').next().unwrap(), family).is_some());
         prop_assert!(ok, "{map}: unknown key token {t:?} in {item:?}");
     }
-    let vip_maps = [
+    let mut vip_maps = vec![
         MapId::Vips,
         MapId::ClusterGroups,
         MapId::LocalGroups,
-        MapId::ClusterEps,
-        MapId::LocalEps,
         MapId::FirewallVips,
         MapId::FirewallAllow,
         MapId::NoEndpointInternal,
         MapId::NoEndpointExternal,
-    ]
-    .map(|m| m.name());
-    if vip_maps.contains(&map) {
+    ];
+    for proto in PROTOCOLS {
+        vip_maps.push(MapId::Eps(Pick::Cluster, proto));
+        vip_maps.push(MapId::Eps(Pick::Local, proto));
+    }
+    if vip_maps.iter().any(|m| m.name() == map) {
         let ip = addr_of_family(toks[0], family).unwrap();
         prop_assert!(
             a.vips.values().any(|v| v.contains(&ip)),
@@ -94,7 +95,7 @@ pub(crate) fn check_nft(script: &str, cfg: &NftConfig, a: &Allowed) -> Result<()
     let t = format!("{} kube-proxy-rs", cfg.nf());
     let chains = fixed_chains(cfg);
     let mut fixed: Vec<&str> = chains.iter().map(|c| c.name).collect();
-    fixed.extend(MapId::ALL.iter().map(|m| m.name()));
+    fixed.extend(MapId::all().iter().map(|m| m.name()));
     let fixed_rules: BTreeSet<String> = chains
         .iter()
         .flat_map(|c| c.rules.iter().map(move |r| format!("{} {r}", c.name)))
@@ -151,7 +152,10 @@ pub(crate) fn check_nft(script: &str, cfg: &NftConfig, a: &Allowed) -> Result<()
                     continue;
                 }
                 if let Some((pick, n)) = Pick::parse_chain(name) {
-                    prop_assert!(tail == pick.rule(cfg.nf(), n), "dispatch rule {line:?}");
+                    prop_assert!(
+                        pick.rules(cfg.nf(), n).iter().any(|r| r == tail),
+                        "dispatch rule {line:?}"
+                    );
                     continue;
                 }
                 // Affinity: `<nf> saddr @X goto X`, the random pick, or an

@@ -223,3 +223,143 @@ pub fn switch_modes(from: &[&str], to: &[&str], gone: impl Fn(&Lab) -> bool) -> 
     assert!(curl(&node, "http://10.96.0.10/", 2).is_ok());
     lab
 }
+
+/// Policies and endpoint conditions, with traffic: internalTrafficPolicy
+/// Local (local endpoint only; none local: dropped), externalTrafficPolicy
+/// Local with no local endpoint (external traffic dropped, the ClusterIP
+/// still served), terminating endpoints used when no endpoint is ready,
+/// ten replicas spread over, an ExternalName Service ignored, and
+/// masqueradeAll (a pod's request to a ClusterIP arrives from the node).
+pub fn policies(mode: &[&str]) {
+    let mut lab = Lab::new();
+    pods3(&mut lab);
+    let term = |ip: &str, ready: bool| {
+        format!(
+            "- {{addresses: [\"{ip}\"], nodeName: {NODE_NAME}, conditions: {{ready: {ready}, serving: true, terminating: {}}}}}",
+            !ready
+        )
+    };
+    let mut objs = String::new();
+    objs += &service("itl", "{clusterIP: 10.96.0.70, internalTrafficPolicy: Local, ports: [{port: 80, targetPort: 8080}]}");
+    objs += &slice(
+        "itl-1",
+        "itl",
+        "[{port: 8080}]",
+        &[("10.244.1.10", NODE_NAME), ("10.244.1.11", "node-b")],
+    );
+    objs += &service("itl-none", "{clusterIP: 10.96.0.71, internalTrafficPolicy: Local, ports: [{port: 80, targetPort: 8080}]}");
+    objs += &slice(
+        "itl-none-1",
+        "itl-none",
+        "[{port: 8080}]",
+        &[("10.244.1.11", "node-b")],
+    );
+    objs += &service("etl-none", "{type: NodePort, clusterIP: 10.96.0.72, externalTrafficPolicy: Local, ports: [{port: 80, targetPort: 8080, nodePort: 30072}]}");
+    objs += &slice(
+        "etl-none-1",
+        "etl-none",
+        "[{port: 8080}]",
+        &[("10.244.1.11", "node-b")],
+    );
+    objs += &service(
+        "term",
+        "{clusterIP: 10.96.0.73, ports: [{port: 80, targetPort: 8080}]}",
+    );
+    objs += &format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: term-1, namespace: test, labels: {{kubernetes.io/service-name: term}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n{}\n{}\n- {{addresses: [\"10.244.1.12\"], nodeName: {NODE_NAME}, conditions: {{ready: false, serving: false, terminating: true}}}}\n---\n",
+        term("10.244.1.10", false),
+        term("10.244.1.11", false)
+    );
+    objs += &service(
+        "ten",
+        "{clusterIP: 10.96.0.74, ports: [{name: web, port: 80, targetPort: web}]}",
+    );
+    objs += &slice("ten-a", "ten", "[{name: web, port: 8080}]", &LOCAL3);
+    objs += &slice("ten-b", "ten", "[{name: web, port: 9090}]", &LOCAL3);
+    objs += &slice(
+        "ten-c",
+        "ten",
+        "[{name: web, port: 8080}]",
+        &[
+            ("10.244.1.13", NODE_NAME),
+            ("10.244.1.14", NODE_NAME),
+            ("10.244.1.15", NODE_NAME),
+            ("10.244.1.16", NODE_NAME),
+        ],
+    );
+    objs += &service("ext", "{type: ExternalName, externalName: example.invalid}");
+    objs += &service(
+        "web",
+        "{clusterIP: 10.96.0.75, ports: [{port: 80, targetPort: 8080}]}",
+    );
+    objs += &slice("web-1", "web", "[{port: 8080}]", &LOCAL3[..1]);
+    lab.write("objects.yaml", &objs);
+    // Four more pods for the ten replicas (10.244.1.13-16).
+    for (i, host) in (13..=16).enumerate() {
+        lab.add_pod(&format!("pod{}", 3 + i), host, &[8080], &[]);
+    }
+    lab.start_proxy(mode);
+    let node = lab.node.clone();
+    wait_until("the services answer", WAIT, || {
+        curl(&node, "http://10.96.0.75/", 1).is_ok()
+    });
+    // internalTrafficPolicy Local: only the local endpoint; none: dropped.
+    assert_eq!(
+        spread(&node, "http://10.96.0.70/", 20).get("pod0:8080"),
+        Some(&20)
+    );
+    assert_eq!(
+        curl(&node, "http://10.96.0.71/", 2),
+        Err(28),
+        "ITP Local, no local endpoint"
+    );
+    // externalTrafficPolicy Local, no local endpoint: NodePort dropped from
+    // outside, the ClusterIP (Cluster policy) still answered.
+    assert_eq!(
+        curl(&lab.client, &format!("http://{NODE_IP}:30072/"), 2),
+        Err(28)
+    );
+    assert_eq!(
+        spread(&node, "http://10.96.0.72/", 5).get("pod1:8080"),
+        Some(&5)
+    );
+    // No endpoint ready: the serving terminating ones, not the others.
+    let hits = spread(&node, "http://10.96.0.73/", 30);
+    at_least_each(&hits, &["pod0:8080", "pod1:8080"], 3);
+    // Ten replicas: every one answers.
+    let hits = spread(&node, "http://10.96.0.74/", 200);
+    eprintln!("ten replicas, 200 requests: {hits:?}");
+    at_least_each(
+        &hits,
+        &[
+            "pod0:8080",
+            "pod1:8080",
+            "pod2:8080",
+            "pod0:9090",
+            "pod1:9090",
+            "pod2:9090",
+            "pod3:8080",
+            "pod4:8080",
+            "pod5:8080",
+            "pod6:8080",
+        ],
+        1,
+    );
+    // A pod keeps its address through a ClusterIP (it is in --cluster-cidr) ...
+    let pod1 = lab.pod_ns("pod1");
+    let body = curl(&pod1, "http://10.96.0.75/", 2).unwrap();
+    assert_eq!(
+        body, "pod0:8080 10.244.1.11",
+        "no masquerade for pod traffic"
+    );
+    // ... unless every ClusterIP request is masqueraded.
+    lab.stop_proxy(false);
+    let mut all: Vec<&str> = mode.to_vec();
+    all.push("--masquerade-all");
+    lab.start_proxy(&all);
+    wait_until("masqueradeAll in effect", WAIT, || {
+        curl(&pod1, "http://10.96.0.75/", 1).is_ok_and(|b| b == format!("pod0:8080 {BRIDGE_IP}"))
+    });
+    assert!(lab.proxy_running());
+    assert!(!lab.log().contains("ExternalName"), "{}", lab.log());
+}

@@ -66,7 +66,7 @@ impl NftKernel for FakeNft {
             }
             let l = Listing {
                 chains: chains.iter().map(|(c, r)| (c.clone(), r.len())).collect(),
-                sets: super::super::layout::MapId::ALL
+                sets: super::super::layout::MapId::all()
                     .iter()
                     .map(|m| m.name().to_string())
                     .collect(),

@@ -52,7 +52,7 @@ fn a_full_sync_writes_fixed_chains_dispatch_chains_and_every_element() {
     assert!(p.script.starts_with("add table ip kube-proxy-rs\n"));
     assert!(p.script.contains("flush map ip kube-proxy-rs vips\n"));
     assert!(p.script.contains(
-        "add rule ip kube-proxy-rs c2 dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @cluster-eps\n"
+        "add rule ip kube-proxy-rs c2 dnat ip to ip daddr . udp dport . numgen random mod 2 map @cluster-eps-udp\n"
     ));
     assert!(p
         .script
@@ -78,9 +78,9 @@ fn an_endpoint_change_is_element_updates_only() {
     assert_eq!(
         p.script,
         "delete element ip kube-proxy-rs hairpin { 10.1.1.3 . 10.1.1.3 }\n\
-         delete element ip kube-proxy-rs cluster-eps { 10.96.0.2 . tcp . 80 . 2 }\n\
+         delete element ip kube-proxy-rs cluster-eps-tcp { 10.96.0.2 . 80 . 2 }\n\
          add element ip kube-proxy-rs hairpin { 10.9.9.9 . 10.9.9.9 }\n\
-         add element ip kube-proxy-rs cluster-eps { 10.96.0.2 . tcp . 80 . 2 : 10.9.9.9 . 8080 }\n"
+         add element ip kube-proxy-rs cluster-eps-tcp { 10.96.0.2 . 80 . 2 : 10.9.9.9 . 8080 }\n"
     );
     // Nothing changed: nothing to write.
     assert!(st.plan_changes(&ports, &[key].into()).script.is_empty());
@@ -156,20 +156,19 @@ fn the_first_claim_of_a_vip_tuple_wins_and_the_next_takes_over() {
     let mut ports = ports_map(vec![a.clone(), b.clone()]);
     let mut st = primed(&ports);
     let full = st.plan_full(&ports, None, false);
-    let eps = lines(&full, "add element ip kube-proxy-rs cluster-eps")[0].to_string();
+    let eps = lines(&full, "add element ip kube-proxy-rs cluster-eps-tcp")[0].to_string();
     assert!(
-        eps.contains("192.0.2.1 . tcp . 80 . 0 : 10.1.0.1 . 8080"),
+        eps.contains("192.0.2.1 . 80 . 0 : 10.1.0.1 . 8080"),
         "a's: {eps}"
     );
-    assert!(
-        !eps.contains("192.0.2.1 . tcp . 80 . 0 : 10.1.1.1"),
-        "{eps}"
-    );
+    assert!(!eps.contains("192.0.2.1 . 80 . 0 : 10.1.1.1"), "{eps}");
     st.full_applied();
     ports.remove(&a.key);
     let p = st.plan_changes(&ports, &[a.key.clone()].into());
     assert!(
-        p.script.contains("add element ip kube-proxy-rs cluster-eps { 192.0.2.1 . tcp . 80 . 0 : 10.1.1.1 . 8080 }"),
+        p.script.contains(
+            "add element ip kube-proxy-rs cluster-eps-tcp { 192.0.2.1 . 80 . 0 : 10.1.1.1 . 8080 }"
+        ),
         "{}",
         p.script
     );
@@ -280,7 +279,7 @@ fn the_periodic_check_compares_chains_and_rule_counts() {
             chains.entry(c.into()).or_default().push(r.into());
         }
     }
-    for m in MapId::ALL {
+    for m in MapId::all() {
         text.push_str(&format!("\tmap {} {{\n\t}}\n", m.name()));
     }
     for (c, rules) in &chains {
