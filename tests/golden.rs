@@ -19,7 +19,8 @@ fn render(args: &[&str]) -> String {
         panic!()
     };
     let local_ips = ["192.168.10.5".parse().unwrap(), "10.0.0.5".parse().unwrap()];
-    let (mut text, problems) = kube_proxy_rs::run::render_text(&s, &root.join(dir), &local_ips);
+    let (mut text, problems) =
+        kube_proxy_rs::run::render_text(&s, &root.join(dir), &local_ips, &local_ips);
     for p in problems {
         let p = p.replace(&format!("{}/", root.display()), "");
         text.push_str(&format!("# {p}\n"));
