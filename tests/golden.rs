@@ -239,3 +239,32 @@ fn golden_nftables_hostile() {
         ],
     );
 }
+
+/// Claims on the same VIP tuple: every mode programs only the winners
+/// (model::ownership), and the refused claims are listed as warnings.
+#[test]
+fn golden_vip_conflicts_every_mode() {
+    for (name, mode, allow) in [
+        ("vip-conflicts", "iptables", false),
+        ("vip-conflicts-ipvs", "ipvs", false),
+        ("vip-conflicts-nftables", "nftables", false),
+        ("vip-conflicts-allow-node-ip", "iptables", true),
+    ] {
+        let mut args = vec![
+            "--proxy-mode",
+            mode,
+            "--source",
+            "dir:tests/fixtures/vip-conflicts",
+            "--hostname-override",
+            "node-a",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--ip-families",
+            "ipv4",
+        ];
+        if allow {
+            args.push("--allow-node-ip-external-ips");
+        }
+        check(name, &args);
+    }
+}
