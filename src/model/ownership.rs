@@ -173,9 +173,14 @@ impl Conflict {
     pub fn message(&self) -> String {
         let r = &self.refusal;
         let loser = &self.loser.name;
+        let port = if loser.port.is_empty() {
+            String::new()
+        } else {
+            format!(" (port {})", loser.port)
+        };
         let head = format!(
-            "Service {}/{} (port {:?}): {} {} not programmed",
-            loser.namespace, loser.name, loser.port, r.kind, r.vip
+            "Service {}/{}{port}: {} {} not programmed",
+            loser.namespace, loser.name, r.kind, r.vip
         );
         match &r.reason {
             Reason::ClusterIp(holder) if same_service(holder, &self.loser) => {
@@ -599,7 +604,7 @@ mod tests {
         assert_eq!(conflicts.len(), 1);
         assert_eq!(
             conflicts[0].message(),
-            "Service a-tenant/evil (port \"\"): externalIP 10.96.0.10:53/UDP not programmed: \
+            "Service a-tenant/evil: externalIP 10.96.0.10:53/UDP not programmed: \
              it is the ClusterIP of Service kube-system/kube-dns, which always owns it"
         );
         assert_eq!(own.counts().cluster_ip, 1);

@@ -201,10 +201,14 @@ impl Reporter {
         }
         for (k, r) in resolved {
             tracing::info!(
-                "Service {}/{} (port {:?}): {} {} is programmed now",
+                "Service {}/{}{}: {} {} is programmed now",
                 k.name.namespace,
                 k.name.name,
-                k.name.port,
+                if k.name.port.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (port {})", k.name.port)
+                },
                 r.kind,
                 r.vip
             );
