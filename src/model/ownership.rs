@@ -18,9 +18,11 @@
 //!
 //! [`Ownership`] keeps an index of every ClusterIP tuple and every claim, so
 //! a change decides only the tuples it touches: [`Ownership::set`] records a
-//! service port's new claims and names the tuples touched,
-//! [`Ownership::claimants`] the service ports to decide again, and
-//! [`Ownership::resolve`] decides one service port's claims.
+//! service port's new claims and notes the tuples touched (with what decided
+//! them before), [`Ownership::claimants`] names the service ports to decide
+//! again (claimants of the touched tuples whose holder, node-address status
+//! or winner changed), and [`Ownership::resolve`] decides one service port's
+//! claims.
 
 use super::types::{Protocol, ServicePort, ServicePortKey};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -293,6 +295,17 @@ impl RefusedCounts {
     }
 }
 
+/// What decides the claims on one tuple ([`Ownership::outcome`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    holder: Option<ServicePortKey>,
+    node_ip: bool,
+    winner: Option<(Rank, ServicePortKey)>,
+}
+
+/// The tuples a round of changes touched, with their outcome before it.
+pub type Touched = BTreeMap<Vip, Outcome>;
+
 /// What deciding one service port's claims changed in what is reported.
 #[derive(Debug, Default)]
 pub struct Decided {
@@ -341,36 +354,60 @@ impl Ownership {
         self.refused.get(key).map(Vec::as_slice).unwrap_or_default()
     }
 
+    /// What decides every claim on `vip`: its ClusterIP holder, whether it
+    /// is a refused node address, and its winning claim. A claim's verdict
+    /// (and the reason of a refusal) depends on nothing else.
+    fn outcome(&self, vip: &Vip) -> Outcome {
+        let node_ip = !self.allow_node_ips && self.node_ips.contains(&vip.ip);
+        Outcome {
+            holder: self.cluster.get(vip).and_then(|h| h.first()).cloned(),
+            node_ip,
+            winner: self
+                .claims
+                .get(vip)
+                .into_iter()
+                .flatten()
+                .find(|c| !(node_ip && c.kind == ClaimKind::ExternalIp))
+                .map(|c| (c.rank.clone(), c.key.clone())),
+        }
+    }
+
+    /// Notes `vip`'s outcome before its first change in this round.
+    fn touch(&self, vip: Vip, touched: &mut Touched) {
+        touched.entry(vip).or_insert_with(|| self.outcome(&vip));
+    }
+
     /// Records that service port `key` now is `new` (with its Service's
     /// rank), or is gone (`None`); `old` is what it was (its ClusterIP tuple
-    /// is taken from it). Adds the tuples whose holders or claimants changed
-    /// to `touched`. Unchanged claims touch nothing (an endpoint change of a
-    /// Service costs no ownership work).
+    /// is taken from it). Notes in `touched` the tuples whose holders or
+    /// claimants change. Unchanged claims touch nothing (an endpoint change
+    /// of a Service costs no ownership work).
     pub fn set(
         &mut self,
         key: &ServicePortKey,
         old: Option<&ServicePort>,
         new: Option<(&ServicePort, &Rank)>,
-        touched: &mut BTreeSet<Vip>,
+        touched: &mut Touched,
     ) {
         let old_cluster = old.and_then(cluster_vip);
         let new_cluster = new.and_then(|(p, _)| cluster_vip(p));
         if old_cluster != new_cluster {
             if let Some(v) = old_cluster {
+                self.touch(v, touched);
                 if let Some(holders) = self.cluster.get_mut(&v) {
                     holders.retain(|k| k != key);
                     if holders.is_empty() {
                         self.cluster.remove(&v);
                     }
                 }
-                touched.insert(v);
             }
             if let Some(v) = new_cluster {
+                self.touch(v, touched);
                 let holders = self.cluster.entry(v).or_default();
-                if !holders.contains(key) {
-                    holders.push(key.clone());
+                // Sorted: the least key names the holder in reports.
+                if let Err(at) = holders.binary_search(key) {
+                    holders.insert(at, key.clone());
                 }
-                touched.insert(v);
             }
         }
         let new_raw = new.and_then(|(p, rank)| Raw::of(p, rank));
@@ -379,6 +416,7 @@ impl Ownership {
         }
         if let Some(raw) = self.raw.remove(key) {
             for (vip, kind) in raw.claims(key) {
+                self.touch(vip, touched);
                 if let Some(set) = self.claims.get_mut(&vip) {
                     set.remove(&Claim {
                         rank: raw.rank.clone(),
@@ -389,47 +427,53 @@ impl Ownership {
                         self.claims.remove(&vip);
                     }
                 }
-                touched.insert(vip);
             }
         }
         if let Some(raw) = new_raw {
             for (vip, kind) in raw.claims(key) {
+                self.touch(vip, touched);
                 self.claims.entry(vip).or_default().insert(Claim {
                     rank: raw.rank.clone(),
                     key: key.clone(),
                     kind,
                 });
-                touched.insert(vip);
             }
             self.raw.insert(key.clone(), raw);
         }
     }
 
-    /// Replaces this node's addresses; adds the claimed tuples on addresses
-    /// that came or went to `touched`.
-    pub fn set_node_ips(&mut self, ips: BTreeSet<IpAddr>, touched: &mut BTreeSet<Vip>) {
+    /// Replaces this node's addresses; notes in `touched` the claimed tuples
+    /// on addresses that came or went.
+    pub fn set_node_ips(&mut self, ips: BTreeSet<IpAddr>, touched: &mut Touched) {
         let moved: Vec<IpAddr> = self.node_ips.symmetric_difference(&ips).copied().collect();
-        self.node_ips = ips;
         for ip in moved {
             let first = Vip {
                 ip,
                 port: 0,
                 protocol: Protocol::Tcp,
             };
-            touched.extend(
-                self.claims
-                    .range(first..)
-                    .take_while(|(v, _)| v.ip == ip)
-                    .map(|(v, _)| *v),
-            );
+            let vips: Vec<Vip> = self
+                .claims
+                .range(first..)
+                .take_while(|(v, _)| v.ip == ip)
+                .map(|(v, _)| *v)
+                .collect();
+            for v in vips {
+                self.touch(v, touched);
+            }
         }
+        self.node_ips = ips;
     }
 
-    /// The service ports claiming any of `vips`: the ones whose claims
-    /// must be decided again.
-    pub fn claimants(&self, vips: &BTreeSet<Vip>) -> BTreeSet<ServicePortKey> {
-        vips.iter()
-            .filter_map(|v| self.claims.get(v))
+    /// The service ports whose claims must be decided again: those claiming
+    /// a touched tuple whose outcome changed. (A claim added or removed
+    /// behind the winner changes nothing for the others: a hundred Services
+    /// piling onto one tuple cost one decision each, not one per claimant.)
+    pub fn claimants(&self, touched: &Touched) -> BTreeSet<ServicePortKey> {
+        touched
+            .iter()
+            .filter(|(v, before)| self.outcome(v) != **before)
+            .filter_map(|(v, _)| self.claims.get(v))
             .flatten()
             .map(|c| c.key.clone())
             .collect()
@@ -437,24 +481,15 @@ impl Ownership {
 
     /// Whether `key`'s `kind` claim on `vip` is programmed; why not if not.
     fn verdict(&self, vip: &Vip, key: &ServicePortKey, kind: ClaimKind) -> Result<(), Reason> {
-        if let Some(holder) = self.cluster.get(vip).and_then(|h| h.first()) {
-            return Err(Reason::ClusterIp(holder.clone()));
+        let o = self.outcome(vip);
+        if let Some(holder) = o.holder {
+            return Err(Reason::ClusterIp(holder));
         }
-        let node_ip = !self.allow_node_ips && self.node_ips.contains(&vip.ip);
-        if node_ip && kind == ClaimKind::ExternalIp {
+        if o.node_ip && kind == ClaimKind::ExternalIp {
             return Err(Reason::NodeAddress);
         }
-        let winner = self
-            .claims
-            .get(vip)
-            .into_iter()
-            .flatten()
-            .find(|c| !(node_ip && c.kind == ClaimKind::ExternalIp));
-        match winner {
-            Some(w) if w.key != *key => Err(Reason::Claimed {
-                by: w.key.clone(),
-                rank: w.rank.clone(),
-            }),
+        match o.winner {
+            Some((rank, by)) if by != *key => Err(Reason::Claimed { by, rank }),
             _ => Ok(()),
         }
     }
@@ -520,7 +555,7 @@ impl Ownership {
     /// `render` command has them): filters their externalIPs and LoadBalancer
     /// IPs in place and returns the refused claims.
     pub fn settle_all(&mut self, ports: &mut [(ServicePort, Rank)]) -> Vec<Conflict> {
-        let mut touched = BTreeSet::new();
+        let mut touched = Touched::new();
         for (p, rank) in ports.iter() {
             self.set(&p.key, None, Some((p, rank)), &mut touched);
         }
@@ -661,7 +696,7 @@ mod tests {
         p.external_ips = ips(&["192.168.10.5", "192.0.2.1"]);
         p.load_balancer_ips = ips(&["192.168.10.5"]);
         let mut own = Ownership::new(false);
-        let mut touched = BTreeSet::new();
+        let mut touched = Touched::new();
         own.set(&p.key, None, Some((&p, &Rank::default())), &mut touched);
         let mut out = Decided::default();
         // Not a node address yet: everything is programmed.
@@ -669,7 +704,7 @@ mod tests {
             own.resolve(&p.key, &mut out),
             (ips(&["192.168.10.5", "192.0.2.1"]), ips(&["192.168.10.5"]))
         );
-        let mut touched = BTreeSet::new();
+        let mut touched = Touched::new();
         own.set_node_ips(ips(&["192.168.10.5"]).into_iter().collect(), &mut touched);
         assert_eq!(own.claimants(&touched), [p.key.clone()].into());
         // The externalIP on it goes; the LoadBalancer IP stays.
@@ -699,17 +734,56 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_behind_the_winner_decides_nobody_else_again() {
+        let claim = |name: &str| {
+            let mut p = port("ns", name, Protocol::Tcp, "10.96.0.1", 80);
+            p.external_ips = ips(&["192.0.2.1"]);
+            p
+        };
+        let mut own = Ownership::new(false);
+        let mut touched = Touched::new();
+        let first = claim("first");
+        own.set(
+            &first.key,
+            None,
+            Some((&first, &rank(Some(1), None))),
+            &mut touched,
+        );
+        assert_eq!(own.claimants(&touched), [first.key.clone()].into());
+        own.resolve(&first.key, &mut Decided::default());
+        // Later claimants pile up: only each newcomer is decided.
+        for i in 0..5 {
+            let p = claim(&format!("late-{i}"));
+            let mut touched = Touched::new();
+            own.set(&p.key, None, Some((&p, &rank(Some(9), None))), &mut touched);
+            assert!(own.claimants(&touched).is_empty());
+            own.resolve(&p.key, &mut Decided::default());
+        }
+        assert_eq!(own.counts().earlier_claim, 5);
+        // An even earlier one takes over: every claimant is decided again.
+        let early = claim("early");
+        let mut touched = Touched::new();
+        own.set(
+            &early.key,
+            None,
+            Some((&early, &rank(Some(0), None))),
+            &mut touched,
+        );
+        assert_eq!(own.claimants(&touched).len(), 7);
+    }
+
+    #[test]
     fn unchanged_claims_touch_nothing() {
         let mut p = port("ns", "a", Protocol::Tcp, "10.96.0.1", 80);
         p.external_ips = ips(&["192.0.2.1"]);
         let mut own = Ownership::new(false);
-        let mut touched = BTreeSet::new();
+        let mut touched = Touched::new();
         own.set(&p.key, None, Some((&p, &Rank::default())), &mut touched);
         assert_eq!(touched.len(), 2);
         let mut q = p.clone();
         q.endpoints
             .push(crate::model::fixtures::endpoint("10.244.0.1", 80));
-        let mut touched = BTreeSet::new();
+        let mut touched = Touched::new();
         own.set(&p.key, Some(&p), Some((&q, &Rank::default())), &mut touched);
         assert!(touched.is_empty());
         own.set(&p.key, Some(&q), None, &mut touched);

@@ -1,13 +1,16 @@
 //! Keeps the desired service ports up to date as Services change. Pure.
 //!
 //! Which externalIP and LoadBalancer IP claims are programmed depends on the
-//! other Services ([`crate::model::ownership`]), so a rebuild decides again
-//! the claims of every service port sharing a tuple with what changed (and
-//! only those): deleting the Service that held a tuple hands it to the next
-//! claimant in the same rebuild.
+//! other Services ([`crate::model::ownership`]), so a rebuild also decides
+//! again the claims of the service ports on each tuple whose holder, winner
+//! or node-address status the change moved (and only those): deleting the
+//! Service that held a tuple hands it to the next claimant in the same
+//! rebuild, while a claim added behind the winner decides nobody else.
 
 use crate::backend::Ports;
-use crate::model::ownership::{Conflict, Decided, Ownership, Rank, Refusal, RefusedCounts, Vip};
+use crate::model::ownership::{
+    Conflict, Decided, Ownership, Rank, Refusal, RefusedCounts, Touched,
+};
 use crate::model::{
     build_service, Built, Family, NodeContext, Protocol, ServiceKey, ServicePort, ServicePortKey,
     ServicePortName,
@@ -82,7 +85,7 @@ impl ModelCache {
         if ips == *self.owners.node_ips() {
             return out;
         }
-        let mut touched = BTreeSet::new();
+        let mut touched = Touched::new();
         self.owners.set_node_ips(ips, &mut touched);
         self.settle(BTreeMap::new(), &touched, &mut out);
         out
@@ -94,7 +97,7 @@ impl ModelCache {
         // The new service ports of the dirty Services (None: gone), with
         // their claims as asked; decided once every Service is in the index.
         let mut staged: BTreeMap<ServicePortKey, Option<ServicePort>> = BTreeMap::new();
-        let mut touched: BTreeSet<Vip> = BTreeSet::new();
+        let mut touched = Touched::new();
         for key in dirty {
             let built = store.service(key).map(|svc| {
                 svc.and_then(|svc| {
@@ -155,7 +158,7 @@ impl ModelCache {
     fn settle(
         &mut self,
         staged: BTreeMap<ServicePortKey, Option<ServicePort>>,
-        touched: &BTreeSet<Vip>,
+        touched: &Touched,
         out: &mut Rebuild,
     ) {
         let mut decided = Decided::default();
@@ -474,7 +477,7 @@ mod tests {
 
     // ---- incremental == from scratch, against a naive oracle ----
 
-    use crate::model::ownership::{ClaimKind, Rank};
+    use crate::model::ownership::{ClaimKind, Rank, Reason, Vip};
     use proptest::prelude::*;
 
     #[derive(Debug, Clone)]
@@ -533,7 +536,9 @@ mod tests {
 
     /// What every service port should program, decided from scratch and
     /// naively: every claim against every other.
-    fn oracle(store: &Store, node_ips: &BTreeSet<IpAddr>, allow: bool) -> Ports {
+    type Refusals = BTreeMap<ServicePortKey, Vec<Refusal>>;
+
+    fn oracle(store: &Store, node_ips: &BTreeSet<IpAddr>, allow: bool) -> (Ports, Refusals) {
         let mut raw: Vec<(ServicePort, Rank)> = vec![];
         for key in store.service_keys() {
             let svc = store.service(key).unwrap().unwrap();
@@ -554,6 +559,7 @@ mod tests {
                 .collect()
         };
         let mut out = Ports::new();
+        let mut refusals = Refusals::new();
         for (p, _) in &raw {
             let mut q = p.clone();
             q.external_ips.clear();
@@ -561,7 +567,11 @@ mod tests {
             for (kind, ip) in claims_of(p) {
                 let same = |o: &ServicePort| o.port == p.port && o.key.protocol == p.key.protocol;
                 let node = !allow && node_ips.contains(&ip);
-                let cluster = raw.iter().any(|(o, _)| same(o) && o.cluster_ip == Some(ip));
+                let holder = raw
+                    .iter()
+                    .filter(|(o, _)| same(o) && o.cluster_ip == Some(ip))
+                    .map(|(o, _)| o.key.clone())
+                    .min();
                 let winner = raw
                     .iter()
                     .filter(|(o, _)| same(o))
@@ -572,18 +582,32 @@ mod tests {
                             .map(move |(k, _)| (r.clone(), o.key.clone(), k))
                     })
                     .min();
-                let refused = cluster || (node && kind == ClaimKind::ExternalIp);
-                let ok = !refused && winner.is_some_and(|w| w.1 == p.key);
-                if ok {
-                    match kind {
-                        ClaimKind::ExternalIp => q.external_ips.push(ip),
-                        ClaimKind::LoadBalancerIp => q.load_balancer_ips.push(ip),
+                let reason = match (holder, winner) {
+                    (Some(h), _) => Some(Reason::ClusterIp(h)),
+                    _ if node && kind == ClaimKind::ExternalIp => Some(Reason::NodeAddress),
+                    (_, Some((rank, by, _))) if by != p.key => Some(Reason::Claimed { by, rank }),
+                    _ => None,
+                };
+                match (reason, kind) {
+                    (None, ClaimKind::ExternalIp) => q.external_ips.push(ip),
+                    (None, ClaimKind::LoadBalancerIp) => q.load_balancer_ips.push(ip),
+                    (Some(reason), _) => {
+                        let vip = Vip {
+                            ip,
+                            port: p.port,
+                            protocol: p.key.protocol,
+                        };
+                        refusals.entry(p.key.clone()).or_default().push(Refusal {
+                            vip,
+                            kind,
+                            reason,
+                        });
                     }
                 }
             }
             out.insert(q.key.clone(), q);
         }
-        out
+        (out, refusals)
     }
 
     proptest! {
@@ -622,8 +646,14 @@ mod tests {
                         m.set_node_addresses(node_ips.clone())
                     }
                 };
-                let want = oracle(&store, &node_ips, allow);
+                let (want, refusals) = oracle(&store, &node_ips, allow);
                 prop_assert_eq!(&m.ports, &want);
+                // Every refusal in force has the reason a decision from
+                // scratch gives (no stale winner or holder named).
+                for k in want.keys() {
+                    let none = vec![];
+                    prop_assert_eq!(m.owners.refused(k), refusals.get(k).unwrap_or(&none).as_slice(), "{}", k.name);
+                }
                 // `changed` names exactly the ports that differ.
                 let differ: BTreeSet<ServicePortKey> = before
                     .keys()
