@@ -1,7 +1,10 @@
 //! Command line, compatible with kube-proxy's flags where they make sense.
 //! Precedence: flags > `--config` file > defaults.
 
-use crate::config::{parse_duration, KubeProxyConfiguration};
+use crate::config::{
+    duration_in, format_duration, int_in, KubeProxyConfiguration, MAX_CONNTRACK_TIMEOUT, MAX_COUNT,
+    MAX_PERIOD,
+};
 use crate::source::SourceSpec;
 use crate::xtables::IptablesFlavor;
 use anyhow::{bail, Context, Result};
@@ -82,10 +85,10 @@ pub struct Flags {
     #[arg(long, value_name = "CIDR[,CIDR]")]
     pub ipvs_exclude_cidrs: Option<String>,
     /// How often rules are checked and repaired (e.g. 30s, 1m).
-    #[arg(long, value_parser = parse_duration, alias = "iptables-sync-period", alias = "ipvs-sync-period")]
+    #[arg(long, value_parser = flag_period, alias = "iptables-sync-period", alias = "ipvs-sync-period")]
     pub sync_period: Option<Duration>,
     /// Minimum interval between rule syncs; bursts of changes are coalesced (e.g. 1s, 0s).
-    #[arg(long, value_parser = parse_duration, alias = "iptables-min-sync-period", alias = "ipvs-min-sync-period")]
+    #[arg(long, value_parser = flag_min_period, alias = "iptables-min-sync-period", alias = "ipvs-min-sync-period")]
     pub min_sync_period: Option<Duration>,
     /// Where objects come from: `apiserver` (default) or `dir:PATH` (YAML/JSON files).
     #[arg(long)]
@@ -98,7 +101,7 @@ pub struct Flags {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub allow_node_ip_external_ips: Option<bool>,
     /// Bit of the packet mark used for SNAT (0-31, default 14).
-    #[arg(long)]
+    #[arg(long, value_name = "BIT", value_parser = flag_int::<u8, 0, 31>)]
     pub iptables_masquerade_bit: Option<u8>,
     /// Which iptables binaries to run.
     #[arg(long, value_enum)]
@@ -110,29 +113,29 @@ pub struct Flags {
     #[arg(long, value_name = "FAMILIES")]
     pub ip_families: Option<String>,
     /// Most lines per iptables-restore call with iptables-nft (tuning; 0 = one payload).
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, value_parser = flag_int::<usize, 0, { u32::MAX as i64 }>)]
     pub iptables_max_payload_lines: Option<usize>,
     /// Conntrack entries per CPU: the table size is this x CPUs, at least
     /// --conntrack-min (default 32768; 0 leaves the size as it is).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = flag_int::<u32, 0, MAX_COUNT>)]
     pub conntrack_max_per_core: Option<u32>,
     /// Smallest conntrack table size set, whatever the CPU count (default 131072).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = flag_int::<u32, 0, MAX_COUNT>)]
     pub conntrack_min: Option<u32>,
     /// Conntrack timeout of idle established TCP connections (default 24h; 0 leaves it).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = flag_conntrack_timeout)]
     pub conntrack_tcp_timeout_established: Option<Duration>,
     /// Conntrack timeout of TCP connections in CLOSE_WAIT (default 1h; 0 leaves it).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = flag_conntrack_timeout)]
     pub conntrack_tcp_timeout_close_wait: Option<Duration>,
     /// Do not mark out-of-window TCP packets INVALID (nf_conntrack_tcp_be_liberal=1).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub conntrack_tcp_be_liberal: Option<bool>,
     /// Conntrack timeout of one-way UDP flows (0, the default, leaves it).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = flag_conntrack_timeout)]
     pub conntrack_udp_timeout: Option<Duration>,
     /// Conntrack timeout of two-way UDP flows (0, the default, leaves it).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = flag_conntrack_timeout)]
     pub conntrack_udp_timeout_stream: Option<Duration>,
     /// ip:port of the health server (/healthz, /livez); empty disables it.
     #[arg(long, value_name = "IP:PORT")]
@@ -143,9 +146,9 @@ pub struct Flags {
     /// Exit if the health or metrics port cannot be bound.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub bind_address_hard_fail: Option<bool>,
-    /// Log verbosity (0-10), as kube-proxy's -v.
-    #[arg(short = 'v', long = "v", value_name = "LEVEL")]
-    pub verbosity: Option<u8>,
+    /// Log verbosity (0-10; 4+ is debug, 6+ trace), as kube-proxy's -v.
+    #[arg(short = 'v', long = "v", value_name = "LEVEL", value_parser = flag_int::<u32, 0, MAX_COUNT>)]
+    pub verbosity: Option<u32>,
     /// Log format: text or json.
     #[arg(long, alias = "logging-format")]
     pub log_format: Option<String>,
@@ -194,15 +197,43 @@ pub struct Settings {
     pub conntrack: crate::conntrack::limits::ConntrackSettings,
 }
 
+/// An integer flag within `LO..=HI` (clap names the flag in the error).
+fn flag_int<T: TryFrom<i64>, const LO: i64, const HI: i64>(s: &str) -> Result<T, String> {
+    let v = int_in(s, LO, HI)?;
+    T::try_from(v).map_err(|_| format!("{s} is out of range (accepted: {LO}..={HI})"))
+}
+
+/// `--sync-period`: more than 0, at most a year.
+fn flag_period(s: &str) -> Result<Duration, String> {
+    duration_in(s, Duration::from_nanos(1), MAX_PERIOD)
+}
+
+/// `--min-sync-period`: 0 to a year.
+fn flag_min_period(s: &str) -> Result<Duration, String> {
+    duration_in(s, Duration::ZERO, MAX_PERIOD)
+}
+
+/// `--conntrack-*-timeout*`: 0 (leave it) to the kernel's limit.
+fn flag_conntrack_timeout(s: &str) -> Result<Duration, String> {
+    duration_in(s, Duration::ZERO, MAX_CONNTRACK_TIMEOUT)
+}
+
 /// `ip:port` (or `[v6]:port`); empty means disabled.
 fn parse_bind(s: &str, what: &str) -> Result<Option<std::net::SocketAddr>> {
     if s.trim().is_empty() {
         return Ok(None);
     }
-    s.trim()
-        .parse()
-        .map(Some)
-        .with_context(|| format!("{what}: expected IP:PORT, got {s:?}"))
+    s.trim().parse().map(Some).map_err(|_| {
+        anyhow::anyhow!("{what}: expected IP:PORT with a port in 0..=65535, got {s:?}")
+    })
+}
+
+/// Where an effective setting came from, for errors naming it.
+fn origin<T>(candidates: [(Option<T>, &'static str); 3], default: T) -> (T, &'static str) {
+    candidates
+        .into_iter()
+        .find_map(|(v, from)| v.map(|v| (v, from)))
+        .unwrap_or((default, "the default"))
 }
 
 fn parse_cidrs(s: &str, what: &str) -> Result<Vec<IpNet>> {
@@ -275,37 +306,67 @@ impl Flags {
         if !ipv4 && !ipv6 {
             bail!("--ip-families: use ipv4, ipv6 or ipv4,ipv6");
         }
+        // Both sources are range-checked where they are parsed; this only
+        // guards settings built by hand.
         let bit = self
             .iptables_masquerade_bit
-            .or(ipt.and_then(|i| i.masquerade_bit).map(|b| b as u8))
+            .or(ipt.and_then(|i| i.masquerade_bit))
             .unwrap_or(14);
         if bit > 31 {
-            bail!("masquerade bit {bit} out of range 0-31");
+            bail!("--iptables-masquerade-bit/iptables.masqueradeBit: {bit} is out of range (accepted: 0..=31)");
         }
-        let per_mode_sync =
-            |mode: ProxyMode,
-             f: fn(&crate::config::IptablesSection) -> Option<Duration>,
-             g: fn(&crate::config::IpvsSection) -> Option<Duration>| match mode {
-                ProxyMode::Iptables => ipt.and_then(f),
-                ProxyMode::Ipvs => ipvs.and_then(g),
-                ProxyMode::Nftables => None,
+        let (section_sync, section_min, section) = match mode {
+            ProxyMode::Iptables => (
+                ipt.and_then(|i| i.sync_period),
+                ipt.and_then(|i| i.min_sync_period),
+                ["iptables.syncPeriod", "iptables.minSyncPeriod"],
+            ),
+            ProxyMode::Ipvs => (
+                ipvs.and_then(|i| i.sync_period),
+                ipvs.and_then(|i| i.min_sync_period),
+                ["ipvs.syncPeriod", "ipvs.minSyncPeriod"],
+            ),
+            // The nftables section is accepted but not read (yet).
+            ProxyMode::Nftables => (
+                None,
+                None,
+                ["nftables.syncPeriod", "nftables.minSyncPeriod"],
+            ),
+        };
+        let (sync_period, sync_from) = origin(
+            [
+                (self.sync_period, "--sync-period"),
+                (section_sync, section[0]),
+                (file.sync_period, "syncPeriod"),
+            ],
+            Duration::from_secs(30),
+        );
+        let (min_sync_period, min_from) = origin(
+            [
+                (self.min_sync_period, "--min-sync-period"),
+                (section_min, section[1]),
+                (file.min_sync_period, "minSyncPeriod"),
+            ],
+            Duration::from_secs(1),
+        );
+        // Each is range-checked where it is parsed (a zero in the file means
+        // the default); upstream also wants them in order.
+        if sync_period.is_zero() || sync_period > MAX_PERIOD {
+            bail!(
+                "{sync_from}: {} is out of range (accepted: 1ns..=8760h)",
+                format_duration(sync_period)
+            );
+        }
+        if min_sync_period > sync_period {
+            let from = |d: Duration, from: &str| match from {
+                "the default" => format!("{}, the default", format_duration(d)),
+                _ => format!("{} from {from}", format_duration(d)),
             };
-        let sync_period = self
-            .sync_period
-            .or(per_mode_sync(mode, |i| i.sync_period, |i| i.sync_period))
-            .or(file.sync_period)
-            .unwrap_or(Duration::from_secs(30));
-        let min_sync_period = self
-            .min_sync_period
-            .or(per_mode_sync(
-                mode,
-                |i| i.min_sync_period,
-                |i| i.min_sync_period,
-            ))
-            .or(file.min_sync_period)
-            .unwrap_or(Duration::from_secs(1));
-        if sync_period.is_zero() {
-            bail!("sync period must be greater than 0");
+            bail!(
+                "the minimum sync period ({}) must not exceed the sync period ({})",
+                from(min_sync_period, min_from),
+                from(sync_period, sync_from)
+            );
         }
         let ct = file.conntrack.as_ref();
         let conntrack = crate::conntrack::limits::ConntrackSettings {
@@ -387,7 +448,7 @@ impl Flags {
                 .unwrap_or(true),
             ipv4,
             ipv6,
-            verbosity: self.verbosity.unwrap_or(0),
+            verbosity: self.verbosity.unwrap_or(0).min(u32::from(u8::MAX)) as u8,
             json_logs: log_format == "json",
             ipvs_scheduler: {
                 let sched = self
@@ -422,14 +483,14 @@ impl Flags {
                     .as_deref()
                     .or(file.healthz_bind_address.as_deref())
                     .unwrap_or("0.0.0.0:10256"),
-                "healthz bind address",
+                "--healthz-bind-address/healthzBindAddress",
             )?,
             metrics_bind_address: parse_bind(
                 self.metrics_bind_address
                     .as_deref()
                     .or(file.metrics_bind_address.as_deref())
                     .unwrap_or("127.0.0.1:10249"),
-                "metrics bind address",
+                "--metrics-bind-address/metricsBindAddress",
             )?,
             bind_address_hard_fail: self
                 .bind_address_hard_fail
@@ -528,6 +589,123 @@ mod tests {
         assert_eq!(c.udp_stream_timeout, Some(Duration::from_secs(120)));
         let d = parse(&[]).flags.settings().unwrap().conntrack;
         assert_eq!(d, crate::conntrack::limits::ConntrackSettings::default());
+    }
+
+    fn err(args: &[&str]) -> String {
+        match Cli::try_parse_from(std::iter::once("kube-proxy-rs").chain(args.iter().copied())) {
+            Err(e) => e.to_string(),
+            Ok(cli) => format!("{:#}", cli.flags.settings().unwrap_err()),
+        }
+    }
+
+    #[test]
+    fn numeric_flags_are_range_checked_by_name() {
+        for (args, want) in [
+            (
+                &["--sync-period", "99999999999999999999h"][..],
+                "'--sync-period <SYNC_PERIOD>': \"99999999999999999999h\" is out of range (accepted: 1ns..=8760h)",
+            ),
+            (
+                &["--iptables-sync-period=0s"],
+                "'--sync-period <SYNC_PERIOD>': \"0s\" is out of range (accepted: 1ns..=8760h)",
+            ),
+            (
+                &["--ipvs-min-sync-period=-1s"],
+                "'--min-sync-period <MIN_SYNC_PERIOD>': \"-1s\" is out of range (accepted: 0s..=8760h)",
+            ),
+            (
+                &["--iptables-masquerade-bit=270"],
+                "'--iptables-masquerade-bit <BIT>': 270 is out of range (accepted: 0..=31)",
+            ),
+            (
+                &["--conntrack-max-per-core=-1"],
+                "'--conntrack-max-per-core <N>': -1 is out of range (accepted: 0..=2147483647)",
+            ),
+            (
+                &["--conntrack-min=4294967296"],
+                "'--conntrack-min <N>': 4294967296 is out of range (accepted: 0..=2147483647)",
+            ),
+            (
+                &["--conntrack-udp-timeout=30d"],
+                "unknown unit \"d\" (accepted: 0s..=596h31m23s, e.g. 30s, 1m30s)",
+            ),
+            (
+                &["--conntrack-tcp-timeout-close-wait=597h"],
+                "'--conntrack-tcp-timeout-close-wait <CONNTRACK_TCP_TIMEOUT_CLOSE_WAIT>': \"597h\" is out of range (accepted: 0s..=596h31m23s)",
+            ),
+            (
+                &["--iptables-max-payload-lines=-1"],
+                "'--iptables-max-payload-lines <IPTABLES_MAX_PAYLOAD_LINES>': -1 is out of range (accepted: 0..=4294967295)",
+            ),
+            (
+                &["-v", "x"],
+                "'--v <LEVEL>': expected an integer, got \"x\" (accepted: 0..=2147483647)",
+            ),
+            (
+                &["--min-sync-period=45s"],
+                "the minimum sync period (45s from --min-sync-period) must not exceed the sync period (30s, the default)",
+            ),
+            (
+                &["--sync-period=500ms"],
+                "the minimum sync period (1s, the default) must not exceed the sync period (500ms from --sync-period)",
+            ),
+            (
+                &["--healthz-bind-address=0.0.0.0:65536"],
+                "--healthz-bind-address/healthzBindAddress: expected IP:PORT with a port in 0..=65535",
+            ),
+        ] {
+            let e = err(args);
+            assert!(e.contains(want), "{args:?}:\n got {e}\nwant {want}");
+        }
+        let s = parse(&["--sync-period=8760h", "--min-sync-period=8760h", "-v=1000"])
+            .flags
+            .settings()
+            .unwrap();
+        assert_eq!(s.sync_period, crate::config::MAX_PERIOD);
+        assert_eq!(
+            s.verbosity, 255,
+            "any level above 255 is as verbose as it gets"
+        );
+    }
+
+    #[test]
+    fn file_numbers_are_range_checked_and_ordered() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yaml");
+        let path = f.to_str().unwrap();
+        std::fs::write(&f, "iptables:\n  masqueradeBit: 270\n").unwrap();
+        let e = err(&["--config", path]);
+        assert!(
+            e.contains("iptables.masqueradeBit: 270 is out of range (accepted: 0..=31)"),
+            "{e}"
+        );
+        std::fs::write(&f, "iptables:\n  masqueradeBit: 31\n").unwrap();
+        assert_eq!(
+            parse(&["--config", path])
+                .flags
+                .settings()
+                .unwrap()
+                .masquerade_bit,
+            31
+        );
+        // In order across sources: the file's section against a flag.
+        std::fs::write(&f, "iptables:\n  minSyncPeriod: 10s\n").unwrap();
+        let e = err(&["--config", path, "--sync-period=5s"]);
+        assert!(
+            e.contains("the minimum sync period (10s from iptables.minSyncPeriod) must not exceed the sync period (5s from --sync-period)"),
+            "{e}"
+        );
+        // ipvs mode takes the ipvs section; the iptables one does not count.
+        std::fs::write(
+            &f,
+            "mode: ipvs\niptables:\n  minSyncPeriod: 10m\nipvs:\n  syncPeriod: 2m\n  minSyncPeriod: 90s\n",
+        )
+        .unwrap();
+        let s = parse(&["--config", path]).flags.settings().unwrap();
+        assert_eq!(
+            (s.sync_period, s.min_sync_period),
+            (Duration::from_secs(120), Duration::from_secs(90))
+        );
     }
 
     #[test]

@@ -53,7 +53,7 @@ fn proxy_follows_a_real_api_server_as_its_service_account() {
     let cp = match ControlPlane::start(false) {
         Ok(cp) => cp,
         Err(why) => {
-            eprintln!("SKIPPED: {why}");
+            support::skip(&why);
             return;
         }
     };
@@ -285,7 +285,7 @@ fn watch_expiry_relists_and_controller_manager_slices_are_programmed() {
     let cp = match ControlPlane::start(true) {
         Ok(cp) => cp,
         Err(why) => {
-            eprintln!("SKIPPED: {why}");
+            support::skip(&why);
             return;
         }
     };
@@ -383,7 +383,7 @@ fn a_refused_vip_claim_is_a_warning_event_on_the_service_that_lost() {
     let cp = match ControlPlane::start(false) {
         Ok(cp) => cp,
         Err(why) => {
-            eprintln!("SKIPPED: {why}");
+            support::skip(&why);
             return;
         }
     };

@@ -2,6 +2,8 @@
 //! fresh network namespace: every set type this proxy creates, both
 //! families, checked with `ipset save` inside that namespace.
 
+mod support;
+
 use kube_proxy_rs::ipvs::ipset::apply::{IpsetKernel, SystemIpset};
 use kube_proxy_rs::ipvs::ipset::wire::{EntryOp, SetType};
 use kube_proxy_rs::ipvs::ipset::{self, SetEntries, SetKind};
@@ -226,7 +228,7 @@ fn body() {
 #[test]
 fn entry_changes_over_netlink_in_a_namespace() {
     if let Some(why) = skip_reason() {
-        eprintln!("SKIPPED: {why}");
+        support::skip(&why);
         return;
     }
     let ns = Netns::new();

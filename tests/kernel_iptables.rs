@@ -152,7 +152,7 @@ fn udp_from_port(lab: &Lab, ip: &str, port: u16, sport: u16) -> String {
 fn stale_udp_conntrack_entries_are_flushed() {
     require_kernel!();
     if run(&["sh", "-c", "command -v conntrack"]).status.code() != Some(0) {
-        eprintln!("SKIPPED: conntrack tool not installed (run scripts/setup.sh)");
+        support::skip("conntrack tool not installed (run scripts/setup.sh)");
         return;
     }
     let mut lab = Lab::new();

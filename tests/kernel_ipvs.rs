@@ -1,9 +1,13 @@
 //! The IPVS backend in a real kernel with IPVS: Debian's kernel under QEMU
-//! (scripts/qemu), with the host filesystem shared in. On the host, the one
-//! test `ipvs_suite_in_qemu_guest` boots the guest once and runs this same
-//! test binary there (filter `guest_`); each `guest_*` test builds its own
-//! network-namespace lab inside the guest, starts the real binary with
-//! `--proxy-mode ipvs` against a `dir:` source and sends real traffic.
+//! (scripts/qemu), with the host filesystem shared in. The one test,
+//! `ipvs_suite_in_qemu_guest`, boots the guest once and runs this same test
+//! binary there, where the test runs the guest cases (`GUEST_CASES`, plain
+//! functions: not tests of their own, so a host run lists nothing skipped)
+//! by name, each in its own thread, and prints one line per case; the host
+//! side then checks that every case it asked for reported `ok`. Each case
+//! builds its own network-namespace lab inside the guest, starts the real
+//! binary with `--proxy-mode ipvs` against a `dir:` source and sends real
+//! traffic. `KPRS_GUEST_CASES=name,name` runs only those.
 
 mod support;
 
@@ -18,55 +22,171 @@ fn in_guest() -> bool {
     std::env::var("KPRS_IN_GUEST").as_deref() == Ok("1")
 }
 
-/// Returns early (printing why) unless running inside the QEMU guest.
-macro_rules! require_guest {
-    () => {
-        if !in_guest() {
-            eprintln!("SKIPPED here: runs inside the QEMU guest (see ipvs_suite_in_qemu_guest)");
-            return;
-        }
-        require_kernel!();
-    };
+/// The cases that run inside the guest, by name.
+const GUEST_CASES: &[(&str, fn())] = &[
+    (
+        "guest_traffic_reaches_every_endpoint_through_every_vip",
+        guest_traffic_reaches_every_endpoint_through_every_vip,
+    ),
+    (
+        "guest_removed_endpoint_drains_then_goes",
+        guest_removed_endpoint_drains_then_goes,
+    ),
+    (
+        "guest_strict_arp_repair_and_cleanup",
+        guest_strict_arp_repair_and_cleanup,
+    ),
+    (
+        "guest_restart_under_load_drops_nothing",
+        guest_restart_under_load_drops_nothing,
+    ),
+    ("guest_follows_the_api_server", guest_follows_the_api_server),
+];
+
+/// The case that needs the host's control plane.
+const NEEDS_CONTROL_PLANE: &str = "guest_follows_the_api_server";
+
+/// How a guest case reports, one line each on the console: `KPRS-GUEST-CASE
+/// <name> <ok|FAILED|SKIPPED|UNKNOWN>`.
+const REPORT: &str = "KPRS-GUEST-CASE";
+
+/// The case names asked for: `KPRS_GUEST_CASES` (comma separated), or all.
+fn wanted_cases() -> Vec<String> {
+    match std::env::var("KPRS_GUEST_CASES") {
+        Ok(list) if !list.trim().is_empty() => list
+            .split(',')
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect(),
+        _ => GUEST_CASES.iter().map(|(n, _)| n.to_string()).collect(),
+    }
 }
 
-const GUEST_TESTS: usize = 5;
+/// Inside the guest: runs each wanted case in its own thread (as libtest
+/// would), reports it by name, and fails if any did not pass.
+fn run_guest_cases() {
+    let mut bad = vec![];
+    for name in wanted_cases() {
+        let outcome = match GUEST_CASES.iter().find(|(n, _)| *n == name) {
+            None => "UNKNOWN",
+            Some((_, case)) => {
+                let skips = support::skips();
+                println!("--- guest case {name}");
+                let started = Instant::now();
+                let result = std::thread::Builder::new()
+                    .name(name.clone())
+                    .spawn(case)
+                    .unwrap()
+                    .join();
+                println!(
+                    "--- guest case {name} took {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
+                match result {
+                    Err(_) => "FAILED",
+                    Ok(()) if support::skips() > skips => "SKIPPED",
+                    Ok(()) => "ok",
+                }
+            }
+        };
+        println!("{REPORT} {name} {outcome}");
+        if outcome != "ok" {
+            bad.push(format!("{name}: {outcome}"));
+        }
+    }
+    assert!(bad.is_empty(), "guest cases did not pass: {bad:?}");
+}
+
+/// What the guest reported for each case, from its console.
+fn reported(console: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for l in console.lines() {
+        // Anywhere in the line: libtest's `test NAME ... ` may precede it.
+        let mut words = l
+            .trim_end_matches('\r')
+            .split_whitespace()
+            .skip_while(|w| *w != REPORT);
+        if words.next() == Some(REPORT) {
+            if let (Some(name), Some(outcome)) = (words.next(), words.next()) {
+                out.entry(name.to_string())
+                    .or_default()
+                    .push(outcome.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Each case asked for that did not report `ok` exactly once (missing,
+/// FAILED, SKIPPED, UNKNOWN, repeated), and any reported but not asked for.
+fn not_ok(cases: &[String], console: &str) -> Vec<String> {
+    let got = reported(console);
+    let mut problems = vec![];
+    for case in cases {
+        match got.get(case).map(Vec::as_slice) {
+            Some([one]) if one == "ok" => {}
+            Some(outcomes) => problems.push(format!("{case}: {}", outcomes.join(", "))),
+            None => problems.push(format!("{case}: no report")),
+        }
+    }
+    for extra in got.keys().filter(|n| !cases.contains(n)) {
+        problems.push(format!("{extra}: reported but not asked for"));
+    }
+    problems
+}
 
 #[test]
 fn ipvs_suite_in_qemu_guest() {
     if in_guest() {
+        require_kernel!();
+        run_guest_cases();
         return;
     }
     require_kernel!();
     let exe = std::env::current_exe().unwrap();
-    // A real API server on the host for the guest's apiserver-source test
-    // (reached from the guest at 10.0.2.2); that test skips without it.
-    let cp = match ControlPlane::start(false) {
-        Ok(cp) => Some(cp),
-        Err(why) => {
-            println!(
-                "no control plane for the guest ({why}); guest_follows_the_api_server will skip"
-            );
-            None
+    let mut cases = wanted_cases();
+    // A real API server on the host for the guest's apiserver-source case
+    // (reached from the guest at 10.0.2.2): without one (not built) that case
+    // is left out, printed as a skip (a failure in CI as root).
+    let cp = if cases.iter().any(|c| c == NEEDS_CONTROL_PLANE) {
+        match ControlPlane::start(false) {
+            Ok(cp) => Some(cp),
+            Err(why) => {
+                support::skip(&format!("{NEEDS_CONTROL_PLANE}: {why}"));
+                cases.retain(|c| c != NEEDS_CONTROL_PLANE);
+                None
+            }
         }
+    } else {
+        None
     };
     let cp_env = cp
         .as_ref()
         .map(|cp| format!("KPRS_GUEST_CP={}:{}", path_str(cp.dir.path()), cp.port))
         .unwrap_or_else(|| "KPRS_GUEST_CP=".into());
+    let ci = format!("CI={}", std::env::var("CI").unwrap_or_default());
     let started = Instant::now();
     let out = Command::new("bash")
         .arg(root().join("scripts/qemu/run.sh"))
         .args(["--timeout", "1500", "--mem", "2048", "--"])
-        .args(["env", "KPRS_IN_GUEST=1", "RUST_BACKTRACE=1", &cp_env])
+        .args(["env", "KPRS_IN_GUEST=1", "RUST_BACKTRACE=1", &cp_env, &ci])
+        .arg(format!("KPRS_GUEST_CASES={}", cases.join(",")))
         .arg(&exe)
-        .args(["guest_", "--test-threads=1", "--nocapture"])
+        .args([
+            "ipvs_suite_in_qemu_guest",
+            "--exact",
+            "--test-threads=1",
+            "--nocapture",
+        ])
         .current_dir(root())
         .output()
         .unwrap();
     let console = String::from_utf8_lossy(&out.stdout);
     let code = out.status.code().unwrap_or(-1);
     if code == 77 {
-        println!("SKIPPED: the QEMU lab is not installed (scripts/qemu/install.sh); IPVS tests did not run");
+        support::skip(
+            "the QEMU lab is not installed (scripts/qemu/install.sh); IPVS tests did not run",
+        );
         return;
     }
     // The guest's test output, without the kernel's boot noise.
@@ -75,11 +195,17 @@ fn ipvs_suite_in_qemu_guest() {
     }
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     println!("guest run took {:.0}s", started.elapsed().as_secs_f64());
-    assert_eq!(code, 0, "IPVS tests failed in the guest (exit {code})");
-    let want = format!("test result: ok. {GUEST_TESTS} passed");
+    // Counted by name: every case asked for reported ok, once.
+    let problems = not_ok(&cases, &console);
     assert!(
-        console.contains(&want),
-        "expected '{want}' in the guest output"
+        problems.is_empty(),
+        "guest cases (exit {code}): {problems:?}"
+    );
+    assert_eq!(code, 0, "IPVS tests failed in the guest (exit {code})");
+    println!(
+        "guest cases ok by name ({}): {}",
+        cases.len(),
+        cases.join(", ")
     );
 }
 
@@ -134,9 +260,7 @@ fn web_objects() -> String {
     objs
 }
 
-#[test]
 fn guest_traffic_reaches_every_endpoint_through_every_vip() {
-    require_guest!();
     let mut lab = Lab::new();
     pods3(&mut lab);
     let mut objs = web_objects();
@@ -236,9 +360,7 @@ fn guest_traffic_reaches_every_endpoint_through_every_vip() {
     );
 }
 
-#[test]
 fn guest_removed_endpoint_drains_then_goes() {
-    require_guest!();
     let mut lab = Lab::new();
     pods3(&mut lab);
     lab.write("objects.yaml", &web_objects());
@@ -324,9 +446,7 @@ fn guest_removed_endpoint_drains_then_goes() {
     assert_eq!(real_servers(&ipvsadm(&lab), "10.96.0.10:80").len(), 2);
 }
 
-#[test]
 fn guest_strict_arp_repair_and_cleanup() {
-    require_guest!();
     let mut lab = Lab::new();
     pods3(&mut lab);
     lab.write("objects.yaml", &web_objects());
@@ -395,9 +515,7 @@ fn guest_strict_arp_repair_and_cleanup() {
     }
 }
 
-#[test]
 fn guest_restart_under_load_drops_nothing() {
-    require_guest!();
     let mut lab = Lab::new();
     pods3(&mut lab);
     lab.write("objects.yaml", &web_objects());
@@ -459,12 +577,10 @@ fn guest_restart_under_load_drops_nothing() {
 }
 
 /// ipvs mode against the host's real kube-apiserver (issue: e2e in the guest).
-#[test]
 fn guest_follows_the_api_server() {
-    require_guest!();
     let cp = std::env::var("KPRS_GUEST_CP").unwrap_or_default();
     let Some((dir, port)) = cp.rsplit_once(':') else {
-        eprintln!("SKIPPED: no control plane on the host");
+        support::skip("no control plane on the host");
         return;
     };
     let port: u16 = port.parse().unwrap();
@@ -536,4 +652,38 @@ fn guest_follows_the_api_server() {
         !ipvsadm(&lab).contains("10.96.0.70:80")
     });
     assert!(!ipvs0(&lab).contains("10.96.0.70/32"));
+}
+
+/// The host's by-name count: only an `ok` from every case asked for passes.
+#[test]
+fn guest_cases_are_counted_by_name() {
+    let cases: Vec<String> = ["a", "b", "c"].map(String::from).into();
+    let ok = format!("[  1.0] boot noise\ntest ipvs_suite_in_qemu_guest ... {REPORT} a ok\r\n{REPORT} b ok\n{REPORT} c ok\ntest result: ok. 1 passed\n");
+    assert!(not_ok(&cases, &ok).is_empty());
+    assert_eq!(
+        not_ok(
+            &cases,
+            &format!("{REPORT} a ok\n{REPORT} b SKIPPED\n{REPORT} c FAILED\n")
+        ),
+        ["b: SKIPPED", "c: FAILED"]
+    );
+    assert_eq!(
+        not_ok(
+            &cases,
+            &format!("{REPORT} a ok\n{REPORT} a ok\n{REPORT} c ok\n{REPORT} d ok\n")
+        ),
+        ["a: ok, ok", "b: no report", "d: reported but not asked for"]
+    );
+    // "5 passed" without the names is not a pass.
+    assert_eq!(
+        not_ok(&cases, "test result: ok. 5 passed; 0 failed\n"),
+        ["a: no report", "b: no report", "c: no report"]
+    );
+    let every: Vec<String> = GUEST_CASES.iter().map(|(n, _)| n.to_string()).collect();
+    assert_eq!(every.len(), 5, "the guest cases");
+    assert_eq!(
+        every.iter().collect::<BTreeSet<_>>().len(),
+        every.len(),
+        "unique names"
+    );
 }

@@ -186,7 +186,7 @@ fn legacy_iptables_backend_works_too() {
     .code()
         != Some(0)
     {
-        eprintln!("SKIPPED: iptables-legacy not usable here");
+        support::skip("iptables-legacy not usable here");
         return;
     }
     let mut lab = Lab::new();
@@ -266,7 +266,7 @@ fn auto_mode_follows_kubelets_iptables_mode() {
     .code()
         != Some(0)
     {
-        eprintln!("SKIPPED: iptables-legacy not usable here");
+        support::skip("iptables-legacy not usable here");
         return;
     }
     let mut lab = Lab::new();

@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -20,7 +20,7 @@ fn nft_list(lab: &Lab, family: &str, table: &str) -> String {
 
 fn nft_required() -> bool {
     if run(&["sh", "-c", "command -v nft"]).status.code() != Some(0) {
-        eprintln!("SKIPPED: nft not installed (run scripts/setup.sh)");
+        support::skip("nft not installed (run scripts/setup.sh)");
         return false;
     }
     true
@@ -202,49 +202,9 @@ fn takes_over_from_iptables_mode_without_a_gap_and_removes_its_chains() {
     if !nft_required() {
         return;
     }
-    let mut lab = Lab::new();
-    pods3(&mut lab);
-    lab.write(
-        "web.yaml",
-        &(service(
-            "web",
-            "{type: NodePort, clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}",
-        ) + &slice("web-1", "web", "[{port: 8080}]", &LOCAL3)),
-    );
-    lab.start_proxy(&[]);
-    let node = lab.node.clone();
-    wait_until("iptables mode answers", WAIT, || {
-        curl(&node, "http://10.96.0.10/", 1).is_ok()
+    scenarios::switch_modes(&[], &NFT, |lab| {
+        !lab.save(false, "nat").contains("KUBE-SERVICES")
     });
-    assert!(lab.save(false, "nat").contains("KUBE-SERVICES"));
-    // Traffic from the client to the NodePort, all through the switch.
-    let client = lab.client.clone();
-    let url = format!("http://{NODE_IP}:30080/");
-    let prober = std::thread::spawn(move || {
-        let (mut ok, mut failed) = (0, 0);
-        let end = Instant::now() + Duration::from_secs(12);
-        while Instant::now() < end {
-            match curl(&client, &url, 2) {
-                Ok(_) => ok += 1,
-                Err(_) => failed += 1,
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        (ok, failed)
-    });
-    std::thread::sleep(Duration::from_secs(2));
-    lab.stop_proxy(false);
-    lab.start_proxy(&NFT);
-    wait_until(
-        "iptables-mode chains removed",
-        Duration::from_secs(10),
-        || !lab.save(false, "nat").contains("KUBE-SERVICES"),
-    );
-    let (ok, failed) = prober.join().unwrap();
-    eprintln!("NodePort through the switch: {ok} answered, {failed} failed");
-    assert!(ok > 50, "{ok}");
-    assert_eq!(failed, 0);
-    assert!(curl(&node, "http://10.96.0.10/", 2).is_ok());
 }
 
 #[test]
@@ -253,44 +213,10 @@ fn iptables_mode_takes_the_node_back_and_removes_the_tables() {
     if !nft_required() {
         return;
     }
-    let mut lab = Lab::new();
-    pods3(&mut lab);
-    lab.write(
-        "web.yaml",
-        &(service(
-            "web",
-            "{type: NodePort, clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}",
-        ) + &slice("web-1", "web", "[{port: 8080}]", &LOCAL3)),
-    );
-    lab.start_proxy(&NFT);
-    let node = lab.node.clone();
-    wait_until("nftables mode answers", WAIT, || {
-        curl(&node, "http://10.96.0.10/", 1).is_ok()
+    let lab = scenarios::switch_modes(&NFT, &[], |lab| {
+        nft_list(lab, "ip", "kube-proxy-rs").is_empty()
+            && nft_list(lab, "ip6", "kube-proxy-rs").is_empty()
     });
-    let client = lab.client.clone();
-    let url = format!("http://{NODE_IP}:30080/");
-    let prober = std::thread::spawn(move || {
-        let (mut ok, mut failed) = (0, 0);
-        let end = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < end {
-            match curl(&client, &url, 2) {
-                Ok(_) => ok += 1,
-                Err(_) => failed += 1,
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        (ok, failed)
-    });
-    std::thread::sleep(Duration::from_secs(1));
-    lab.stop_proxy(false);
-    lab.start_proxy(&[]);
-    wait_until("nftables tables removed", WAIT, || {
-        nft_list(&lab, "ip", "kube-proxy-rs").is_empty()
-            && nft_list(&lab, "ip6", "kube-proxy-rs").is_empty()
-    });
-    let (ok, failed) = prober.join().unwrap();
-    eprintln!("NodePort back to iptables mode: {ok} answered, {failed} failed");
-    assert_eq!(failed, 0);
     assert!(lab.save(false, "nat").contains("KUBE-SERVICES"));
 }
 
@@ -330,21 +256,7 @@ fn takes_over_from_upstream_nftables_mode_and_removes_its_table() {
         ) + &slice("web-1", "web", "[{port: 8080}]", &LOCAL3)),
     );
     // Requests all along: first answered by upstream's rules, then by ours.
-    let prober = {
-        let node = node.clone();
-        std::thread::spawn(move || {
-            let (mut ok, mut failed) = (0, 0);
-            let end = Instant::now() + Duration::from_secs(8);
-            while Instant::now() < end {
-                match curl(&node, "http://10.96.0.10/", 2) {
-                    Ok(_) => ok += 1,
-                    Err(_) => failed += 1,
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            (ok, failed)
-        })
-    };
+    let prober = scenarios::probe(&node, "http://10.96.0.10/", 8);
     std::thread::sleep(Duration::from_secs(1));
     lab.start_proxy(&NFT);
     wait_until("upstream's table removed", WAIT, || {

@@ -17,7 +17,7 @@ fn a_held_xtables_lock_delays_syncs_without_breaking_anything() {
         "command -v flock && command -v iptables-legacy-restore && iptables-legacy-save -t nat",
     ]);
     if !usable.status.success() {
-        eprintln!("SKIPPED: flock or iptables-legacy not usable here");
+        support::skip("flock or iptables-legacy not usable here");
         return;
     }
     let mut lab = Lab::new();

@@ -16,7 +16,21 @@ missing=0
 for b in "${want[@]}"; do [ -x "$BIN/$b" ] || missing=1; done
 if [ $missing = 0 ]; then echo "$BIN"; exit 0; fi
 [ -n "${KPRS_CHECK_ONLY:-}" ] && exit 1
-command -v go >/dev/null || { echo "build.sh: Go toolchain not found" >&2; exit 1; }
+# Go >= 1.24 (Kubernetes 1.33's go.mod). Debian 12 ships 1.19; on a fresh
+# machine bookworm-backports brings 1.23, which fetches the pinned 1.24
+# toolchain from the Go module proxy (golang.org/toolchain) on first use.
+GO_TOOLCHAIN=${GO_TOOLCHAIN:-go1.24.11}
+go_ok() { "$1" version 2>/dev/null | grep -qE 'go1\.(2[4-9]|[3-9][0-9])'; }
+if ! command -v go >/dev/null || ! go_ok go; then
+  if [ ! -x /usr/lib/go-1.23/bin/go ]; then
+    echo "build.sh: installing Go 1.23 from bookworm-backports (toolchain $GO_TOOLCHAIN via the module proxy)" >&2
+    echo "deb http://deb.debian.org/debian bookworm-backports main" > /etc/apt/sources.list.d/kprs-backports.list
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports golang-1.23-go >/dev/null
+  fi
+  export PATH="/usr/lib/go-1.23/bin:$PATH" GOTOOLCHAIN=$GO_TOOLCHAIN
+  go_ok go || { echo "build.sh: no Go >= 1.24 (tried $GO_TOOLCHAIN through Go 1.23)" >&2; exit 1; }
+fi
 command -v openssl >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; }
 
 work=$CACHE/k8s/$K8S_VERSION/src

@@ -9,7 +9,7 @@ use crate::cli::Settings;
 use crate::model::{Family, ServicePort, ServicePortKey};
 use crate::node::{self, Sysctl};
 use crate::xtables::chains::declared_chain;
-use crate::xtables::nft::{delete_nft_tables, nft_leftovers, system_nft, NftFactory};
+use crate::xtables::nft::{nft_leftovers, remove_leftover_tables, system_nft, NftFactory};
 use crate::xtables::{chains, jumps, Kernel, KernelFactory, Masquerade};
 use anyhow::Result;
 use std::collections::BTreeSet;
@@ -200,11 +200,7 @@ impl Backend for IptablesBackend {
         let stats = self
             .sync_families(ports, changed, full)
             .map_err(SyncError::restore)?;
-        if let (Some(nft), false) = (&self.nft, self.nft_leftovers.is_empty()) {
-            let gone = std::mem::take(&mut self.nft_leftovers);
-            tracing::info!(tables = ?gone, "removing nftables mode's tables now that iptables rules are in place");
-            delete_nft_tables(nft().as_mut(), &gone)?;
-        }
+        remove_leftover_tables(&self.nft, &mut self.nft_leftovers)?;
         Ok(stats)
     }
 
@@ -295,22 +291,9 @@ impl Backend for IptablesBackend {
         }
         let mut changed = false;
         for engine in &mut self.engines {
-            let fam = engine.cfg.family();
-            let mine: Vec<std::net::IpAddr> = ips
-                .iter()
-                .filter(|ip| Family::of(ip) == fam)
-                .cloned()
-                .collect();
-            let nets: Vec<ipnet::IpNet> = mine.iter().map(|ip| ipnet::IpNet::from(*ip)).collect();
-            if engine.cfg.nodeport_addresses != nets {
-                for ip in &mine {
-                    if !engine.cfg.node_ips.contains(ip) {
-                        engine.cfg.node_ips.push(*ip);
-                    }
-                }
-                engine.cfg.nodeport_addresses = nets;
-                changed = true;
-            }
+            let c = &mut engine.cfg;
+            changed |=
+                node::follow_primary(c.family(), ips, &mut c.nodeport_addresses, &mut c.node_ips);
         }
         changed
     }

@@ -5,7 +5,6 @@
 use super::names::*;
 use super::render::{Chain, RenderConfig, Shared, Table};
 use crate::model::Family;
-use std::net::IpAddr;
 
 /// The fixed chains (same for every sync), by table.
 pub fn render_fixed(cfg: &RenderConfig) -> Vec<Chain> {
@@ -65,20 +64,11 @@ pub fn shared_tail(s: Shared, cfg: &RenderConfig) -> Vec<String> {
         return vec![];
     }
     let c = "\"kubernetes service nodeports; NOTE: this must be the last rule in this chain\"";
-    let all = cfg.nodeport_addresses.is_empty()
-        || cfg.nodeport_addresses.iter().any(|n| n.prefix_len() == 0);
-    if all {
+    let Some(ips) = crate::node::nodeport_ips(&cfg.nodeport_addresses, &cfg.node_ips) else {
         return vec![format!(
             "-A {KUBE_SERVICES} -m comment --comment {c} -m addrtype --dst-type LOCAL -j {KUBE_NODEPORTS}"
         )];
-    }
-    let mut ips: Vec<&IpAddr> = cfg
-        .node_ips
-        .iter()
-        .filter(|ip| cfg.nodeport_addresses.iter().any(|n| n.contains(*ip)))
-        .collect();
-    ips.sort();
-    ips.dedup();
+    };
     ips.into_iter()
         .map(|ip| {
             format!("-A {KUBE_SERVICES} -m comment --comment {c} -d {ip} -j {KUBE_NODEPORTS}")

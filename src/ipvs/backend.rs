@@ -17,7 +17,7 @@ use crate::cli::Settings;
 use crate::model::ServicePort;
 use crate::model::{Family, ServicePortKey};
 use crate::node::Sysctl;
-use crate::xtables::nft::{delete_nft_tables, nft_leftovers, system_nft, NftFactory};
+use crate::xtables::nft::{nft_leftovers, remove_leftover_tables, system_nft, NftFactory};
 use crate::xtables::{chains, jumps, Kernel, KernelFactory, Masquerade};
 use anyhow::{Context, Result};
 use ipnet::IpNet;
@@ -489,10 +489,8 @@ impl Backend for IpvsBackend {
         full: bool,
     ) -> Result<SyncStats, SyncError> {
         let r = self.sync_inner(ports, changed, full);
-        if let (Ok(_), Some(nft), false) = (&r, &self.nft, self.nft_leftovers.is_empty()) {
-            let gone = std::mem::take(&mut self.nft_leftovers);
-            tracing::info!(tables = ?gone, "removing nftables mode's tables now that IPVS is programmed");
-            delete_nft_tables(nft().as_mut(), &gone)?;
+        if r.is_ok() {
+            remove_leftover_tables(&self.nft, &mut self.nft_leftovers)?;
         }
         if r.is_err() {
             // Re-read everything next time; drop a socket that may be broken.

@@ -4,7 +4,7 @@
 //! upstream kube-proxy's nftables mode) left once ours is in place.
 
 use super::layout::{nf_family, NftConfig, TABLE, UPSTREAM_TABLE};
-use super::state::{FamilyState, Listing};
+use super::state::FamilyState;
 use crate::backend::{Backend, Job, Ports, SyncError, SyncStats};
 use crate::cli::Settings;
 use crate::model::{Family, ServicePort, ServicePortKey};
@@ -98,10 +98,7 @@ impl NftablesBackend {
         let mut script = String::new();
         for st in &mut self.families {
             let plan = if full {
-                let listing = self
-                    .kernel
-                    .list(st.cfg.family(), TABLE)?
-                    .map(|t| Listing::parse(&t));
+                let listing = self.kernel.list(st.cfg.family(), TABLE)?;
                 st.plan_full(ports, listing.as_ref(), self.recreate)
             } else {
                 st.plan_changes(ports, changed)
@@ -223,7 +220,7 @@ impl Backend for NftablesBackend {
             for e in expected {
                 let problem = match kernel.list(e.family, TABLE)? {
                     None => Some(format!("table {TABLE} is missing")),
-                    Some(text) => e.check(&Listing::parse(&text)).err(),
+                    Some(l) => e.check(&l).err(),
                 };
                 if let Some(p) = problem {
                     tracing::warn!(family = ?e.family, problem = %p, "the nftables ruleset was changed by hand; rewriting");
@@ -274,20 +271,8 @@ impl Backend for NftablesBackend {
         }
         let mut changed = false;
         for st in &mut self.families {
-            let fam = st.cfg.family();
-            let mine: Vec<IpAddr> = ips
-                .iter()
-                .filter(|ip| Family::of(ip) == fam)
-                .copied()
-                .collect();
-            let nets: Vec<ipnet::IpNet> = mine.iter().map(|ip| ipnet::IpNet::from(*ip)).collect();
-            if st.cfg.nodeport_addresses != nets {
-                for ip in &mine {
-                    if !st.cfg.node_ips.contains(ip) {
-                        st.cfg.node_ips.push(*ip);
-                    }
-                }
-                st.cfg.nodeport_addresses = nets;
+            let c = &mut st.cfg;
+            if node::follow_primary(c.family(), ips, &mut c.nodeport_addresses, &mut c.node_ips) {
                 st.invalidate();
                 changed = true;
             }

@@ -68,15 +68,21 @@ fn ep_value(ep: &Endpoint) -> String {
     format!("{} . {}", ep.ip, ep.port)
 }
 
-/// Affinity chain and set names of one service port.
+/// Affinity chain and set names of one service port. The timeout is part
+/// of the names: a new timeout makes new sets (a set in use cannot be
+/// changed or deleted in place), and the old ones go once unused.
 struct AffinityNames {
     port_hash: String,
 }
 
 impl AffinityNames {
-    fn of(sp: &ServicePort) -> Self {
+    fn of(sp: &ServicePort, timeout: u32) -> Self {
         AffinityNames {
-            port_hash: hash8(&[&sp.name_string(), sp.key.protocol.lower()]),
+            port_hash: hash8(&[
+                &sp.name_string(),
+                sp.key.protocol.lower(),
+                &timeout.to_string(),
+            ]),
         }
     }
 
@@ -118,7 +124,7 @@ pub fn contribution(sp: &ServicePort, cfg: &NftConfig) -> Contribution {
         && !sp.load_balancer_ips.is_empty()
         && !sp.load_balancer_source_ranges.is_empty();
     let unreachable = if has_endpoints { DROP } else { REJECT };
-    let affinity = sp.affinity_timeout.map(|t| (AffinityNames::of(sp), t));
+    let affinity = sp.affinity_timeout.map(|t| (AffinityNames::of(sp, t), t));
 
     let mut el = |map: MapId, key: String, value: Option<String>| {
         c.elements.push(Element { map, key, value });

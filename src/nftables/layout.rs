@@ -65,24 +65,9 @@ impl NftConfig {
         }
     }
 
-    /// NodePorts answer on every local address (no `--nodeport-addresses`,
-    /// or one that is a /0).
-    pub fn nodeports_everywhere(&self) -> bool {
-        self.nodeport_addresses.is_empty()
-            || self.nodeport_addresses.iter().any(|n| n.prefix_len() == 0)
-    }
-
-    /// The node addresses NodePorts answer on, when restricted.
-    pub fn nodeport_ips(&self) -> Vec<IpAddr> {
-        let mut ips: Vec<IpAddr> = self
-            .node_ips
-            .iter()
-            .filter(|ip| self.nodeport_addresses.iter().any(|n| n.contains(*ip)))
-            .copied()
-            .collect();
-        ips.sort();
-        ips.dedup();
-        ips
+    /// The node addresses NodePorts answer on; `None`: every local one.
+    pub fn nodeport_ips(&self) -> Option<Vec<IpAddr>> {
+        crate::node::nodeport_ips(&self.nodeport_addresses, &self.node_ips)
     }
 }
 
@@ -404,7 +389,7 @@ pub fn fixed_chains(cfg: &NftConfig) -> Vec<FixedChain> {
         r.push(vmap(local, key));
         r
     };
-    let nodeports_jump = if cfg.nodeports_everywhere() {
+    let nodeports_jump = if cfg.nodeport_ips().is_none() {
         format!("fib daddr type local {nf} daddr != {loopback} jump nodeports-check")
     } else {
         format!(
@@ -604,13 +589,12 @@ pub fn config_elements(cfg: &NftConfig) -> Vec<(MapId, String)> {
         .iter()
         .map(|n| (MapId::PodCidrs, n.trunc().to_string()))
         .collect();
-    if !cfg.nodeports_everywhere() {
-        out.extend(
-            cfg.nodeport_ips()
-                .into_iter()
-                .map(|ip| (MapId::NodePortIps, ip.to_string())),
-        );
-    }
+    out.extend(
+        cfg.nodeport_ips()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|ip| (MapId::NodePortIps, ip.to_string())),
+    );
     out
 }
 

@@ -30,41 +30,8 @@ pub struct Plan {
     pub chains_deleted: usize,
 }
 
-/// Names the kernel's table holds, from its listing.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Listing {
-    /// Chain -> number of rules.
-    pub chains: BTreeMap<String, usize>,
-    /// Sets and maps.
-    pub sets: BTreeSet<String>,
-}
-
-impl Listing {
-    /// Parses `nft -t list table ...` output.
-    pub fn parse(text: &str) -> Listing {
-        let mut l = Listing::default();
-        let mut in_chain: Option<String> = None;
-        for line in text.lines() {
-            let t = line.trim();
-            if let Some(rest) = t.strip_prefix("chain ") {
-                let name = rest.trim_end_matches('{').trim().to_string();
-                l.chains.insert(name.clone(), 0);
-                in_chain = Some(name);
-            } else if let Some(rest) = t.strip_prefix("set ").or_else(|| t.strip_prefix("map ")) {
-                if in_chain.is_none() {
-                    l.sets.insert(rest.trim_end_matches('{').trim().to_string());
-                }
-            } else if t == "}" {
-                in_chain = None;
-            } else if let Some(c) = &in_chain {
-                if !t.is_empty() && !t.starts_with("type ") && !t.starts_with("policy ") {
-                    *l.chains.get_mut(c).unwrap() += 1;
-                }
-            }
-        }
-        l
-    }
-}
+/// What the kernel's table holds (chains with rule counts, sets).
+pub use crate::xtables::nft::TableListing as Listing;
 
 /// The desired state of one family.
 #[derive(Debug)]
@@ -347,12 +314,9 @@ impl FamilyState {
             p.chains_written += 1;
         }
         let new_sets = self.owned_sets();
+        // (A set's name includes its timeout: an existing one never changes.)
         for (name, s) in &new_sets {
-            if old_sets.get(*name) != Some(*s) {
-                if old_sets.contains_key(*name) {
-                    // A new timeout: the set is made anew (its clients go).
-                    let _ = writeln!(out, "delete set {t} {name}");
-                }
+            if !old_sets.contains_key(*name) {
                 let _ = writeln!(out, "add set {t} {name} {}", set_definition(&self.cfg, s));
             }
         }

@@ -59,6 +59,50 @@ pub fn of_family(ips: &[IpAddr], family: Family) -> Vec<IpAddr> {
         .collect()
 }
 
+/// The node addresses NodePorts answer on, from `--nodeport-addresses`
+/// (`nets`) and this node's addresses of the family: `None` means every
+/// local address (no ranges given, or a /0 among them).
+pub fn nodeport_ips(nets: &[ipnet::IpNet], node_ips: &[IpAddr]) -> Option<Vec<IpAddr>> {
+    if nets.is_empty() || nets.iter().any(|n| n.prefix_len() == 0) {
+        return None;
+    }
+    let mut ips: Vec<IpAddr> = node_ips
+        .iter()
+        .filter(|ip| nets.iter().any(|n| n.contains(*ip)))
+        .copied()
+        .collect();
+    ips.sort();
+    ips.dedup();
+    Some(ips)
+}
+
+/// `--nodeport-addresses primary`: NodePorts of `family` follow the Node
+/// object's primary IPs (`ips`, both families). Updates the family's ranges
+/// and node addresses; true when they changed.
+pub fn follow_primary(
+    family: Family,
+    ips: &[IpAddr],
+    nets: &mut Vec<ipnet::IpNet>,
+    node_ips: &mut Vec<IpAddr>,
+) -> bool {
+    let mine: Vec<IpAddr> = ips
+        .iter()
+        .filter(|ip| Family::of(ip) == family)
+        .copied()
+        .collect();
+    let want: Vec<ipnet::IpNet> = mine.iter().map(|ip| ipnet::IpNet::from(*ip)).collect();
+    if *nets == want {
+        return false;
+    }
+    for ip in mine {
+        if !node_ips.contains(&ip) {
+            node_ips.push(ip);
+        }
+    }
+    *nets = want;
+    true
+}
+
 /// One sysctl to hold at a value, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sysctl {
@@ -87,6 +131,26 @@ pub fn set_sysctl(name: &str, value: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodeports_follow_ranges_and_primary_ips() {
+        let node: Vec<IpAddr> = vec!["10.0.0.5".parse().unwrap(), "192.168.1.2".parse().unwrap()];
+        assert_eq!(nodeport_ips(&[], &node), None);
+        assert_eq!(nodeport_ips(&["0.0.0.0/0".parse().unwrap()], &node), None);
+        assert_eq!(
+            nodeport_ips(&["10.0.0.0/8".parse().unwrap()], &node),
+            Some(vec!["10.0.0.5".parse().unwrap()])
+        );
+        let (mut nets, mut ips) = (vec![], node.clone());
+        let primary: Vec<IpAddr> = vec!["10.0.0.9".parse().unwrap(), "fd00::9".parse().unwrap()];
+        assert!(follow_primary(Family::V4, &primary, &mut nets, &mut ips));
+        assert_eq!(nets, vec!["10.0.0.9/32".parse::<ipnet::IpNet>().unwrap()]);
+        assert!(ips.contains(&"10.0.0.9".parse().unwrap()));
+        assert!(
+            !follow_primary(Family::V4, &primary, &mut nets, &mut ips),
+            "unchanged"
+        );
+    }
 
     #[test]
     fn parses_addresses() {

@@ -11,7 +11,9 @@ pub mod jumps;
 pub mod kernel;
 pub mod masq;
 pub mod names;
+pub mod nfnl;
 pub mod nft;
+pub mod nft_dump;
 
 #[cfg(test)]
 pub mod fake;

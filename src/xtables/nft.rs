@@ -1,6 +1,7 @@
 //! The nft binary, behind the [`NftKernel`] trait (faked in tests): one
 //! `nft -f -` per transaction, scripts over stdin; `nft -t list table` to
-//! read a table's chains and sets back without its elements. The nftables
+//! read a table's chains and sets back without its elements (over
+//! netlink, [`super::nft_dump`]). The nftables
 //! backend programs through it; every mode removes nftables mode's tables
 //! (ours and upstream's) through it when it takes a node over.
 
@@ -10,11 +11,14 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
+pub use super::nft_dump::TableListing;
+
 pub trait NftKernel: Send {
     /// Runs `script` as one transaction (`nft -f -`): all of it or nothing.
     fn apply(&mut self, script: &str) -> Result<()>;
-    /// `nft -t list table <family> <table>`; `None` when there is no such table.
-    fn list(&mut self, family: Family, table: &str) -> Result<Option<String>>;
+    /// A table's chains (with rule counts) and sets, read over netlink
+    /// without its elements; `None` when there is no such table.
+    fn list(&mut self, family: Family, table: &str) -> Result<Option<TableListing>>;
 }
 
 /// `ip` or `ip6`: a table's family, and the address match keyword.
@@ -75,6 +79,21 @@ pub fn nft_leftovers(nft: Option<NftFactory>, families: &[Family]) -> Vec<(Famil
     })
 }
 
+/// After a sync of iptables or ipvs mode: removes nftables mode's tables
+/// the scan found (`found` is emptied), once this mode's rules are in place.
+pub fn remove_leftover_tables(
+    nft: &Option<NftFactory>,
+    found: &mut Vec<(Family, &'static str)>,
+) -> Result<()> {
+    let Some(nft) = nft else { return Ok(()) };
+    if found.is_empty() {
+        return Ok(());
+    }
+    let gone = std::mem::take(found);
+    tracing::info!(tables = ?gone, "removing nftables mode's tables now that this mode's rules are in place");
+    delete_nft_tables(nft().as_mut(), &gone)
+}
+
 /// Builds a fresh handle (the periodic check runs on its own thread).
 pub type NftFactory = Arc<dyn Fn() -> Box<dyn NftKernel> + Send + Sync>;
 
@@ -120,20 +139,8 @@ impl NftKernel for SystemNft {
         written.context("writing the script to nft")
     }
 
-    fn list(&mut self, family: Family, table: &str) -> Result<Option<String>> {
-        let out = Command::new("nft")
-            .args(["-t", "list", "table", nf_family(family), table])
-            .stdin(Stdio::null())
-            .output()
-            .context("running nft (is the nftables package installed?)")?;
-        if out.status.success() {
-            return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
-        }
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if stderr.contains("No such file or directory") {
-            return Ok(None);
-        }
-        bail!("nft list table {table} failed: {}", stderr.trim())
+    fn list(&mut self, family: Family, table: &str) -> Result<Option<TableListing>> {
+        super::nft_dump::dump_table(family, table)
     }
 }
 

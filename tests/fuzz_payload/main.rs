@@ -61,7 +61,6 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -278,20 +277,7 @@ fn restore_test(ns: &Netns, family: Family, payload: &str) -> Result<(), TestCas
         Family::V4 => "iptables-restore",
         Family::V6 => "ip6tables-restore",
     };
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns.name(), tool, "--noflush", "--test"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(payload.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = ns.pipe(&[tool, "--noflush", "--test"], payload);
     RESTORED.fetch_add(1, Relaxed);
     RESTORED_RULES.fetch_add(
         payload.lines().filter(|l| l.starts_with("-A ")).count(),
@@ -339,7 +325,7 @@ fn fuzz_object_to_payload() {
 
     let skip = restore_skip_reason();
     match &skip {
-        Some(why) => println!("fuzz_payload: skipping iptables-restore --test: {why}"),
+        Some(why) => support::skip(&format!("fuzz_payload: iptables-restore --test: {why}")),
         None => {
             let cases = std::env::var("FUZZ_PAYLOAD_RESTORE_CASES")
                 .ok()

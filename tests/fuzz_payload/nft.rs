@@ -208,20 +208,7 @@ pub(crate) fn check_nft(script: &str, cfg: &NftConfig, a: &Allowed) -> Result<()
 /// `nft -f` of the script, twice, in `ns`.
 pub(crate) fn nft_load(ns: &Netns, script: &str) -> Result<(), TestCaseError> {
     for pass in 0..2 {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = ns.pipe(&["nft", "-f", "-"], script);
         prop_assert!(
             out.status.success(),
             "nft -f rejected the script (pass {pass}): {}",

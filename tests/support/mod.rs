@@ -21,35 +21,95 @@ pub const NODE_NAME: &str = "node-a";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// Running as root (effective uid 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// CI (`CI=true` in the environment) as root: every lab can and must run
+/// there, so a test that cannot run is a failure, never a skip.
+pub fn skips_fail() -> bool {
+    let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    ci && is_root()
+}
+
+static SKIPS: AtomicUsize = AtomicUsize::new(0);
+
+/// Something a test wanted to run cannot run here, for `why`. In CI as root
+/// this fails the test (panics with the reason); elsewhere it prints
+/// `SKIPPED: why` and the caller leaves that part out (usually: returns).
+pub fn skip(why: &str) {
+    if skips_fail() {
+        panic!("CI=true as root: tests must not skip, but this one would: {why}");
+    }
+    SKIPS.fetch_add(1, Ordering::SeqCst);
+    eprintln!("SKIPPED: {why}");
+}
+
+/// How many times [`skip`] let something be left out in this process.
+pub fn skips() -> usize {
+    SKIPS.load(Ordering::SeqCst)
+}
+
 /// Why kernel tests cannot run here, if they cannot.
 pub fn skip_reason() -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+    if !is_root() {
         return Some("not root: network namespace tests need root".into());
     }
     for tool in ["ip", "iptables-restore", "curl", "python3"] {
-        let found = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool}"))
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !found {
+        if !have(tool) {
             return Some(format!("{tool} not installed (run scripts/setup.sh)"));
         }
     }
     None
 }
 
-/// Returns early from a test, printing why, when kernel tests cannot run.
+/// `tool` is on PATH.
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Returns early from a test when kernel tests cannot run: with the printed
+/// reason, or (in CI as root) failing with it.
 #[macro_export]
 macro_rules! require_kernel {
     () => {
         if let Some(why) = support::skip_reason() {
-            eprintln!("SKIPPED: {why}");
+            support::skip(&why);
             return;
         }
     };
+}
+
+/// Returns early from a test when `$check` (an `Option<String>` reason) says it
+/// cannot run here: printed, or (in CI as root) a failure.
+#[macro_export]
+macro_rules! require {
+    ($check:expr) => {
+        if let Some(why) = $check {
+            support::skip(&why);
+            return;
+        }
+    };
+}
+
+/// Why the legacy iptables tools cannot be used here, if they cannot.
+pub fn legacy_iptables_unusable() -> Option<String> {
+    let ok = run(&[
+        "sh",
+        "-c",
+        "command -v iptables-legacy && command -v iptables-legacy-restore && iptables-legacy-save -t nat",
+    ])
+    .status
+    .success();
+    (!ok).then(|| "iptables-legacy not usable here".to_string())
 }
 
 pub fn root() -> PathBuf {
@@ -333,6 +393,11 @@ impl Lab {
         .to_vec();
     }
 
+    /// The running proxy's process id (the wrappers exec it).
+    pub fn proxy_pid(&self) -> u32 {
+        self.proxy.as_ref().expect("proxy running").id()
+    }
+
     /// The proxy's effective capabilities (`CapEff` from /proc).
     pub fn proxy_caps(&self) -> String {
         let pid = self.proxy.as_ref().expect("proxy running").id();
@@ -554,7 +619,9 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// None (with the reason) when the binaries are not built.
+    /// Err (with the reason) only when the binaries are not built
+    /// (scripts/k8s/build.sh): callers skip, which fails in CI as root. Any
+    /// other failure to start is a broken lab and fails the test here.
     pub fn start(with_controller_manager: bool) -> Result<ControlPlane, String> {
         let dir = tempfile::tempdir().unwrap();
         let script = root().join("scripts/k8s/controlplane.sh");
@@ -567,12 +634,28 @@ impl ControlPlane {
             .env("KPRS_NO_BUILD", "1")
             .output()
             .unwrap();
-        if !out.status.success() {
-            return Err(format!(
-                "control plane did not start: {}{}",
+        let said = || {
+            format!(
+                "{}{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
-            ));
+            )
+        };
+        if out.status.code() == Some(77) {
+            return Err(format!("no control plane: {}", said().trim()));
+        }
+        if !out.status.success() {
+            // Stop whatever did start before failing.
+            let _ = Command::new("bash")
+                .arg(&script)
+                .arg("stop")
+                .arg(dir.path())
+                .output();
+            panic!(
+                "the control plane is built but did not start ({}): {}",
+                out.status,
+                said()
+            );
         }
         let env = std::fs::read_to_string(dir.path().join("env")).unwrap();
         let get = |k: &str| {

@@ -1,6 +1,7 @@
 //! A throwaway network namespace, deleted when dropped.
 
-use std::process::Command;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 pub struct Netns(String);
@@ -19,6 +20,25 @@ impl Netns {
 
     pub fn name(&self) -> &str {
         &self.0
+    }
+
+    /// Runs `cmd` inside the namespace with `input` on its standard input.
+    pub fn pipe(&self, cmd: &[&str], input: &str) -> Output {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(cmd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
     }
 }
 

@@ -174,6 +174,56 @@ pub fn dual_stack(mode: &[&str], programmed_v6: impl Fn(&Lab)) {
     programmed_v6(&lab);
 }
 
+/// Requests to `url` from `ns` every 20 ms for `secs` seconds, on a thread
+/// of their own: (answered, failed).
+pub fn probe(ns: &str, url: &str, secs: u64) -> std::thread::JoinHandle<(usize, usize)> {
+    let (ns, url) = (ns.to_string(), url.to_string());
+    std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0, 0);
+        let end = std::time::Instant::now() + Duration::from_secs(secs);
+        while std::time::Instant::now() < end {
+            match curl(&ns, &url, 2) {
+                Ok(_) => ok += 1,
+                Err(_) => failed += 1,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (ok, failed)
+    })
+}
+
+/// A NodePort Service over three pods, programmed by the proxy started
+/// with `from`; then, with requests from outside every 20 ms, the proxy is
+/// stopped and started again with `to`, until `gone` says the first mode's
+/// rules were removed. No request may fail.
+pub fn switch_modes(from: &[&str], to: &[&str], gone: impl Fn(&Lab) -> bool) -> Lab {
+    let mut lab = Lab::new();
+    pods3(&mut lab);
+    lab.write(
+        "web.yaml",
+        &(service(
+            "web",
+            "{type: NodePort, clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}",
+        ) + &slice("web-1", "web", "[{port: 8080}]", &LOCAL3)),
+    );
+    lab.start_proxy(from);
+    let node = lab.node.clone();
+    wait_until("the first mode answers", WAIT, || {
+        curl(&node, "http://10.96.0.10/", 1).is_ok()
+    });
+    let prober = probe(&lab.client, &format!("http://{NODE_IP}:30080/"), 10);
+    std::thread::sleep(Duration::from_secs(1));
+    lab.stop_proxy(false);
+    lab.start_proxy(to);
+    wait_until("the first mode's rules removed", WAIT, || gone(&lab));
+    let (ok, failed) = prober.join().unwrap();
+    eprintln!("NodePort through the switch {from:?} -> {to:?}: {ok} answered, {failed} failed");
+    assert!(ok > 50, "{ok}");
+    assert_eq!(failed, 0);
+    assert!(curl(&node, "http://10.96.0.10/", 2).is_ok());
+    lab
+}
+
 /// A Service manifest in any namespace, with extra metadata (e.g. its
 /// creationTimestamp) and an optional status.
 fn service_in(ns: &str, name: &str, meta: &str, spec: &str, status: &str) -> String {

@@ -3,8 +3,8 @@
 //! back. Only the socket lives here.
 
 use super::wire::{self, EntryOp};
+use crate::xtables::nfnl::NfnlSocket;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Why an entry change failed, and whether `ipset restore` may still make
 /// it (the sets are missing, or netlink is unusable here).
@@ -26,116 +26,18 @@ impl ChangeError {
 
 /// Requests per send: their ACKs must fit the receive buffer.
 const CHUNK: usize = 64;
-/// How long to wait for the kernel's answers (it answers while handling
-/// the send, so they are normally there at once).
-const TIMEOUT_SECS: libc::time_t = 2;
-/// `SOL_NETLINK` / `NETLINK_CAP_ACK` (linux/netlink.h): errors without the
-/// echoed request.
-const SOL_NETLINK: libc::c_int = 270;
-const NETLINK_CAP_ACK: libc::c_int = 10;
 
 /// A NETLINK_NETFILTER socket for ipset entry changes.
 pub struct IpsetSocket {
-    fd: OwnedFd,
+    nl: NfnlSocket,
     seq: u32,
-}
-
-fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
-    // SAFETY: `v` points to a live T of the size passed.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (v as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 impl IpsetSocket {
     pub fn open() -> io::Result<Self> {
-        // SAFETY: plain socket(2); the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                wire::NETLINK_NETFILTER,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: an all-zero sockaddr_nl is valid (port id 0: the kernel
-        // picks one).
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: `sa` is a sockaddr_nl of the size passed.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sa as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let tv = libc::timeval {
-            tv_sec: TIMEOUT_SECS,
-            tv_usec: 0,
-        };
-        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
-        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)?;
-        // Kernels before 4.3 lack it; errors then echo the request, which
-        // still fits.
-        let _ = setsockopt(&fd, SOL_NETLINK, NETLINK_CAP_ACK, &(1 as libc::c_int));
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(1);
-        Ok(IpsetSocket { fd, seq: seed })
-    }
-
-    fn send(&self, buf: &[u8]) -> io::Result<()> {
-        // SAFETY: `buf` is valid for its length; an unconnected netlink
-        // socket sends to the kernel.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if n as usize != buf.len() {
-            return Err(io::Error::other(format!("sent {n} of {} bytes", buf.len())));
-        }
-        Ok(())
-    }
-
-    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            // SAFETY: `buf` is valid for writes of its length.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no answer from the kernel within {TIMEOUT_SECS}s"),
-                    ))
-                }
-                _ => return Err(e),
-            }
-        }
+        let nl = NfnlSocket::open()?;
+        let seq = nl.seed();
+        Ok(IpsetSocket { nl, seq })
     }
 
     /// Applies `ops` in order; every request is answered before this
@@ -146,14 +48,14 @@ impl IpsetSocket {
             let first = self.seq;
             self.seq = self.seq.wrapping_add(chunk.len() as u32);
             let req = wire::encode_batch(chunk, first).map_err(ChangeError::unusable)?;
-            self.send(&req).map_err(|e| {
+            self.nl.send(&req).map_err(|e| {
                 ChangeError::unusable(format!("sending ipset changes over netlink: {e}"))
             })?;
             let mut answered = vec![false; chunk.len()];
             let mut left = chunk.len();
             let mut failed = Vec::new();
             while left > 0 {
-                let n = self.recv(&mut rbuf).map_err(|e| {
+                let n = self.nl.recv(&mut rbuf).map_err(|e| {
                     ChangeError::unusable(format!("reading the kernel's ipset answers: {e}"))
                 })?;
                 let replies = wire::parse_replies(&rbuf[..n]).map_err(|e| {

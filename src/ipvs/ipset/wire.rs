@@ -20,8 +20,6 @@
 use crate::model::Family;
 use std::net::IpAddr;
 
-/// `NETLINK_NETFILTER` (linux/netlink.h).
-pub const NETLINK_NETFILTER: i32 = 12;
 /// `NFNL_SUBSYS_IPSET` (linux/netfilter/nfnetlink.h).
 const NFNL_SUBSYS_IPSET: u16 = 6;
 const NFNETLINK_V0: u8 = 0;
