@@ -96,6 +96,10 @@ pub struct Flags {
     /// Serve only Services labelled service.kubernetes.io/service-proxy-name=NAME.
     #[arg(long)]
     pub service_proxy_name: Option<String>,
+    /// Program externalIPs that are addresses of this node (refused and
+    /// reported by default: they would take the node's own ports).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_node_ip_external_ips: Option<bool>,
     /// Bit of the packet mark used for SNAT (0-31, default 14).
     #[arg(long, value_name = "BIT", value_parser = flag_int::<u8, 0, 31>)]
     pub iptables_masquerade_bit: Option<u8>,
@@ -175,6 +179,8 @@ pub struct Settings {
     pub min_sync_period: Duration,
     pub source: SourceSpec,
     pub service_proxy_name: Option<String>,
+    /// `--allow-node-ip-external-ips`.
+    pub allow_node_ip_external_ips: bool,
     pub iptables_flavor: IptablesFlavor,
     pub max_payload_lines: Option<usize>,
     pub localhost_nodeports: bool,
@@ -427,6 +433,7 @@ impl Flags {
             min_sync_period,
             source: self.source.clone().unwrap_or(SourceSpec::ApiServer),
             service_proxy_name: self.service_proxy_name.clone().filter(|s| !s.is_empty()),
+            allow_node_ip_external_ips: self.allow_node_ip_external_ips.unwrap_or(false),
             iptables_flavor: self.iptables_backend.unwrap_or_default(),
             max_payload_lines: self.iptables_max_payload_lines.map(|n| {
                 if n == 0 {

@@ -24,6 +24,11 @@ pub struct PolicyLabel {
     pub traffic_policy: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
 type FGauge = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
@@ -44,6 +49,8 @@ pub struct Metrics {
     pub sync_failures: Counter,
     pub service_ports: Gauge,
     pub endpoints: Family<BackendLabel, Gauge>,
+    /// externalIP/LoadBalancer IP claims not programmed now, per reason.
+    pub vip_conflicts: Family<ReasonLabel, Gauge>,
 }
 
 /// Upstream's network programming buckets: 0.25 s .. 5 min.
@@ -82,6 +89,7 @@ impl Metrics {
             sync_failures: Counter::default(),
             service_ports: Gauge::default(),
             endpoints: Family::default(),
+            vip_conflicts: Family::default(),
             registry: Registry::default(),
         };
         {
@@ -168,6 +176,11 @@ impl Metrics {
                 "endpoints",
                 "Endpoints across all programmed service ports, per backend",
                 m.endpoints.clone(),
+            );
+            r.register(
+                "vip_conflicts",
+                "externalIP and LoadBalancer IP claims not programmed because another Service's ClusterIP or earlier claim, or this node's address, has the IP, port and protocol; per reason (cluster_ip, node_address, earlier_claim)",
+                m.vip_conflicts.clone(),
             );
         }
         Metrics { registry, ..m }

@@ -7,11 +7,12 @@ use crate::http::{self, Shared};
 use crate::iptables::IptablesBackend;
 use crate::ipvs::IpvsBackend;
 use crate::metrics::Metrics;
+use crate::model::ownership::{Ownership, Rank};
 use crate::model::{build_service, Built, NodeContext, ServicePort};
 use crate::nftables::NftablesBackend;
 use crate::node;
 use crate::source::{self, SourceSpec};
-use crate::sync::{self, EventSink, SyncConfig};
+use crate::sync::{self, EventObject, EventSink, SyncConfig};
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,7 +144,7 @@ pub fn render(args: &RenderArgs) -> Result<()> {
         bail!("render needs --source dir:PATH");
     };
     let local_ips = with_backend(s.mode, Addresses(&s));
-    let (text, problems) = render_text(&s, dir, &local_ips);
+    let (text, problems) = render_text(&s, dir, &local_ips, &node::own_addresses());
     for p in problems {
         eprintln!("{p}");
     }
@@ -151,41 +152,57 @@ pub fn render(args: &RenderArgs) -> Result<()> {
     Ok(())
 }
 
-/// The service ports the objects in `dir` yield, and the problems found.
-pub fn load_ports(s: &Settings, dir: &std::path::Path) -> (Vec<ServicePort>, Vec<String>) {
+/// The service ports the objects in `dir` yield on a node with addresses
+/// `node_ips` (externalIP and LoadBalancer IP claims decided as the daemon
+/// decides them), and the problems found.
+pub fn load_ports(
+    s: &Settings,
+    dir: &std::path::Path,
+    node_ips: &[std::net::IpAddr],
+) -> (Vec<ServicePort>, Vec<String>) {
     let (services, slices, errors) = source::dir::load_once(dir);
     let mut problems: Vec<String> = errors.into_iter().map(|e| format!("error: {e}")).collect();
     let ctx = node_context(s);
     let mut store = source::Store::default();
     store.apply(source::Update::ReplaceServices(services));
     store.apply(source::Update::ReplaceSlices(slices));
-    let mut ports: Vec<ServicePort> = Vec::new();
+    let mut ports: Vec<(ServicePort, Rank)> = Vec::new();
     let keys: Vec<_> = store.service_keys().cloned().collect();
     for key in keys {
         let built = store.service(&key).expect("listed key").and_then(|svc| {
             let slices = store.slices_of(&key)?;
-            build_service(&svc, &crate::sync::model::refs(&slices), &ctx)
+            let b = build_service(&svc, &crate::sync::model::refs(&slices), &ctx)?;
+            Ok((b, Rank::of(&svc.metadata)))
         });
         match built {
-            Ok(out) => {
+            Ok((out, rank)) => {
                 problems.extend(out.warnings.into_iter().map(|w| format!("warning: {w}")));
                 if let Built::Ports(p) = out.built {
-                    ports.extend(p);
+                    ports.extend(p.into_iter().map(|p| (p, rank.clone())));
                 }
             }
             Err(e) => problems.push(format!("error: {e}; skipped")),
         }
     }
+    let mut owners = Ownership::new(s.allow_node_ip_external_ips);
+    owners.set_node_ips(node_ips.iter().copied().collect(), &mut Default::default());
+    for c in owners.settle_all(&mut ports) {
+        problems.push(format!("warning: {}", c.message()));
+    }
+    let mut ports: Vec<ServicePort> = ports.into_iter().map(|(p, _)| p).collect();
     ports.sort_by(|a, b| a.key.cmp(&b.key));
     (ports, problems)
 }
 
 /// What `render` prints for the objects in `dir`, and the problems found
-/// (each naming its object). Pure apart from reading `dir`.
+/// (each naming its object). `local_ips` are the backend's node addresses
+/// (NodePorts), `node_ips` the node's own addresses externalIPs may not
+/// take. Pure apart from reading `dir`.
 pub fn render_text(
     s: &Settings,
     dir: &std::path::Path,
     local_ips: &[std::net::IpAddr],
+    node_ips: &[std::net::IpAddr],
 ) -> (String, Vec<String>) {
     struct Render<'a>(&'a Settings, &'a [ServicePort], &'a [std::net::IpAddr]);
     impl WithBackend for Render<'_> {
@@ -194,7 +211,7 @@ pub fn render_text(
             B::render(self.0, self.1, self.2)
         }
     }
-    let (ports, problems) = load_ports(s, dir);
+    let (ports, problems) = load_ports(s, dir, node_ips);
     (with_backend(s.mode, Render(s, &ports, local_ips)), problems)
 }
 
@@ -263,6 +280,8 @@ fn serve<B: Backend>(s: Settings) -> Result<()> {
         let cfg = SyncConfig {
             min_sync_period: s.min_sync_period,
             sync_period: s.sync_period,
+            node_addresses: Some(node::own_addresses),
+            allow_node_ip_external_ips: s.allow_node_ip_external_ips,
             ..Default::default()
         };
         sync::run(backend, rx, node_context(&s), cfg, shared, events, shutdown_signal()).await;
@@ -273,7 +292,8 @@ fn serve<B: Backend>(s: Settings) -> Result<()> {
     Ok(())
 }
 
-/// Posts Warning events about this node (e.g. sync failures), off the sync loop.
+/// Posts Warning events about this node (e.g. sync failures) or about a
+/// Service (e.g. a refused externalIP), off the sync loop.
 fn event_sink(client: kube::Client, node_name: &str) -> EventSink {
     use kube::runtime::events::{Event, EventType, Recorder, Reporter};
     let recorder = Recorder::new(
@@ -283,28 +303,43 @@ fn event_sink(client: kube::Client, node_name: &str) -> EventSink {
             instance: Some(node_name.to_string()),
         },
     );
-    let reference = k8s_openapi::api::core::v1::ObjectReference {
+    let node = k8s_openapi::api::core::v1::ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Node".into()),
         name: Some(node_name.to_string()),
         ..Default::default()
     };
-    Arc::new(move |reason: &'static str, note: String| {
-        let recorder = recorder.clone();
-        let reference = reference.clone();
-        tokio::spawn(async move {
-            let ev = Event {
-                type_: EventType::Warning,
-                reason: reason.into(),
-                note: Some(note.chars().take(1000).collect()),
-                action: "SyncProxyRules".into(),
-                secondary: None,
+    Arc::new(
+        move |about: EventObject, reason: &'static str, note: String| {
+            let recorder = recorder.clone();
+            let (reference, action) = match about {
+                EventObject::Node => (node.clone(), "SyncProxyRules"),
+                EventObject::Service { key, uid } => (
+                    k8s_openapi::api::core::v1::ObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("Service".into()),
+                        namespace: Some(key.namespace),
+                        name: Some(key.name),
+                        uid,
+                        ..Default::default()
+                    },
+                    "ProgramVIP",
+                ),
             };
-            if let Err(e) = recorder.publish(&ev, &reference).await {
-                tracing::debug!(error = %e, "could not publish event");
-            }
-        });
-    })
+            tokio::spawn(async move {
+                let ev = Event {
+                    type_: EventType::Warning,
+                    reason: reason.into(),
+                    note: Some(note.chars().take(1000).collect()),
+                    action: action.into(),
+                    secondary: None,
+                };
+                if let Err(e) = recorder.publish(&ev, &reference).await {
+                    tracing::debug!(error = %e, "could not publish event");
+                }
+            });
+        },
+    )
 }
 
 async fn shutdown_signal() {

@@ -373,3 +373,102 @@ fn watch_expiry_relists_and_controller_manager_slices_are_programmed() {
         !lab.save(false, "nat").contains("default/sel")
     });
 }
+
+/// A refused VIP claim against a real API server: the Warning Event names
+/// the losing Service (with its UID, so `kubectl describe` lists it), and
+/// the older of two claims wins by the creationTimestamp the API server set.
+#[test]
+fn a_refused_vip_claim_is_a_warning_event_on_the_service_that_lost() {
+    require_kernel!();
+    let cp = match ControlPlane::start(false) {
+        Ok(cp) => cp,
+        Err(why) => {
+            support::skip(&why);
+            return;
+        }
+    };
+    cp.kubectl_ok(&[
+        "apply",
+        "-f",
+        &path_str(&root().join("manifests/rbac.yaml")),
+    ]);
+    let token = cp.kubectl_ok(&[
+        "-n",
+        "kube-system",
+        "create",
+        "token",
+        "kube-proxy-rs",
+        "--duration=1h",
+    ]);
+    let sa_kubeconfig = cp.kubeconfig_with_token("sa.kubeconfig", token.trim());
+    cp.kubectl_ok(&["create", "namespace", "a-tenant"]);
+    let admin = cp.kubeconfig();
+    let rt = rt();
+    let create = |ns: &str, body: &str| {
+        rt.block_on(async {
+            let svcs: Api<Service> = Api::namespaced(client(&admin).await, ns);
+            let s = svcs
+                .create(&PostParams::default(), &yaml(body))
+                .await
+                .unwrap();
+            s.metadata.uid.unwrap()
+        })
+    };
+    create(
+        "kube-system",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: kube-dns}\nspec: {clusterIP: 10.96.0.10, ports: [{name: dns, port: 53, protocol: UDP}]}\n",
+    );
+    let evil_uid = create(
+        "a-tenant",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: evil}\nspec: {clusterIP: 10.96.5.5, externalIPs: [10.96.0.10], ports: [{name: dns, port: 53, protocol: UDP}]}\n",
+    );
+    // "b-old" first; "a-new" (sorting first) a second later, so the
+    // creationTimestamps differ.
+    create(
+        "default",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: b-old}\nspec: {clusterIP: 10.96.6.2, externalIPs: [192.0.2.10], ports: [{port: 80}]}\n",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let new_uid = create(
+        "default",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: a-new}\nspec: {clusterIP: 10.96.6.1, externalIPs: [192.0.2.10], ports: [{port: 80}]}\n",
+    );
+
+    let mut lab = Lab::new();
+    forward_into_netns(&lab.node.clone(), cp.port);
+    let sa_path = path_str(&sa_kubeconfig);
+    lab.start_proxy(&["--source", "apiserver", "--kubeconfig", &sa_path]);
+    let events = |ns: &str| {
+        let out = cp.kubectl(&[
+            "get",
+            "events.events.k8s.io",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={range .items[*]}{.reason}/{.regarding.kind}/{.regarding.name}/{.regarding.uid}|{.note}{\"\\n\"}{end}",
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_until("VIPConflict event on a-tenant/evil", WAIT, || {
+        events("a-tenant").contains(&format!("VIPConflict/Service/evil/{evil_uid}|"))
+    });
+    let ev = events("a-tenant");
+    assert!(
+        ev.contains("externalIP 10.96.0.10:53/UDP not programmed: it is the ClusterIP of Service kube-system/kube-dns"),
+        "{ev}"
+    );
+    wait_until("VIPConflict event on default/a-new", WAIT, || {
+        events("default").contains(&format!("VIPConflict/Service/a-new/{new_uid}|"))
+    });
+    let ev = events("default");
+    assert!(
+        ev.contains("Service default/b-old claimed it earlier") && !ev.contains("/b-old/"),
+        "{ev}"
+    );
+    // kubectl describe finds the event through the Service's UID.
+    let described = cp.kubectl_ok(&["describe", "service", "-n", "a-tenant", "evil"]);
+    assert!(described.contains("VIPConflict"), "{described}");
+    assert!(lab.proxy_running());
+    let log = lab.log();
+    assert!(!log.contains("could not publish event"), "{log}");
+}

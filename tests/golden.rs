@@ -19,7 +19,8 @@ fn render(args: &[&str]) -> String {
         panic!()
     };
     let local_ips = ["192.168.10.5".parse().unwrap(), "10.0.0.5".parse().unwrap()];
-    let (mut text, problems) = kube_proxy_rs::run::render_text(&s, &root.join(dir), &local_ips);
+    let (mut text, problems) =
+        kube_proxy_rs::run::render_text(&s, &root.join(dir), &local_ips, &local_ips);
     for p in problems {
         let p = p.replace(&format!("{}/", root.display()), "");
         text.push_str(&format!("# {p}\n"));
@@ -237,4 +238,33 @@ fn golden_nftables_hostile() {
             "--masquerade-all",
         ],
     );
+}
+
+/// Claims on the same VIP tuple: every mode programs only the winners
+/// (model::ownership), and the refused claims are listed as warnings.
+#[test]
+fn golden_vip_conflicts_every_mode() {
+    for (name, mode, allow) in [
+        ("vip-conflicts", "iptables", false),
+        ("vip-conflicts-ipvs", "ipvs", false),
+        ("vip-conflicts-nftables", "nftables", false),
+        ("vip-conflicts-allow-node-ip", "iptables", true),
+    ] {
+        let mut args = vec![
+            "--proxy-mode",
+            mode,
+            "--source",
+            "dir:tests/fixtures/vip-conflicts",
+            "--hostname-override",
+            "node-a",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--ip-families",
+            "ipv4",
+        ];
+        if allow {
+            args.push("--allow-node-ip-external-ips");
+        }
+        check(name, &args);
+    }
 }

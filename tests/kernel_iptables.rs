@@ -192,3 +192,16 @@ fn stale_udp_conntrack_entries_are_flushed() {
         || udp_from_port(&lab, "10.96.0.53", 53, 40000) == "pod1:5353",
     );
 }
+
+#[test]
+fn no_service_takes_another_services_vip_and_a_freed_claim_moves() {
+    require_kernel!();
+    scenarios::vip_ownership(&[]);
+}
+
+#[test]
+fn an_external_ip_on_a_node_address_is_refused_unless_allowed() {
+    require_kernel!();
+    scenarios::node_address_external_ip(&[], false);
+    scenarios::node_address_external_ip(&[], true);
+}

@@ -57,6 +57,24 @@ fn policies_and_endpoint_conditions() {
 }
 
 #[test]
+fn no_service_takes_another_services_vip_and_a_freed_claim_moves() {
+    require_kernel!();
+    if !nft_required() {
+        return;
+    }
+    scenarios::vip_ownership(&NFT);
+}
+
+#[test]
+fn an_external_ip_on_a_node_address_is_refused() {
+    require_kernel!();
+    if !nft_required() {
+        return;
+    }
+    scenarios::node_address_external_ip(&NFT, false);
+}
+
+#[test]
 fn endpoint_changes_are_programmed_without_touching_chains() {
     require_kernel!();
     if !nft_required() {

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod categorize;
+pub mod ownership;
 pub mod types;
 pub mod validate;
 

@@ -5,7 +5,8 @@
 //! packet alike.
 
 use super::layout::{nf_family, proto, Entry, MapId, NftConfig, Pick, DROP, REJECT};
-use crate::model::{categorize, Endpoint, ServicePort};
+use crate::model::{categorize, Endpoint, Family, ServicePort};
+use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 
@@ -199,13 +200,8 @@ pub fn contribution(sp: &ServicePort, cfg: &NftConfig) -> Contribution {
         }
         if is_lb && uses_fw {
             el(MapId::FirewallVips, key.clone(), None);
-            for n in &sp.load_balancer_source_ranges {
-                el(MapId::FirewallAllow, format!("{key} . {}", n.trunc()), None);
-            }
-            if allow_from_node {
-                for lb in &sp.load_balancer_ips {
-                    el(MapId::FirewallAllow, format!("{key} . {lb}"), None);
-                }
+            for n in allowed_sources(sp, allow_from_node) {
+                el(MapId::FirewallAllow, format!("{key} . {n}"), None);
             }
         }
         if !has_external {
@@ -299,6 +295,32 @@ pub fn contribution(sp: &ServicePort, cfg: &NftConfig) -> Contribution {
     c
 }
 
+/// The sources a load balancer with source ranges lets in: its ranges, and
+/// its own IPs when the node is in a range (traffic the node sends to them).
+/// An interval set refuses overlapping elements, and CIDRs overlap only by
+/// one holding the other: those held by another are left out.
+fn allowed_sources(sp: &ServicePort, allow_from_node: bool) -> Vec<IpNet> {
+    let mut nets: Vec<IpNet> = sp
+        .load_balancer_source_ranges
+        .iter()
+        .map(IpNet::trunc)
+        .collect();
+    if allow_from_node {
+        nets.extend(sp.load_balancer_ips.iter().map(|ip| IpNet::from(*ip)));
+    }
+    nets.retain(|n| Family::of_net(n) == sp.key.family);
+    nets.sort_by_key(|n| (n.prefix_len(), n.addr()));
+    nets.dedup();
+    let mut kept: Vec<IpNet> = Vec::new();
+    for n in nets {
+        if !kept.iter().any(|k| k.contains(&n)) {
+            kept.push(n);
+        }
+    }
+    kept.sort();
+    kept
+}
+
 /// Session affinity as upstream's nftables mode does it: one dynamic set
 /// of recent clients per endpoint, checked before the random pick.
 fn affinity_objects(
@@ -355,4 +377,31 @@ fn affinity_objects(
     // Endpoint chains first: the pick chains jump to them.
     let picks = std::mem::take(&mut c.chains);
     c.chains = endpoint_chains.into_iter().chain(picks).collect();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fixtures::numbered;
+
+    #[test]
+    fn overlapping_source_ranges_become_the_widest() {
+        let mut sp = numbered(0, 1);
+        sp.load_balancer_ips = vec!["10.0.0.3".parse().unwrap()];
+        sp.load_balancer_source_ranges = ["10.1.0.0/16", "0.0.0.0/0", "10.1.2.0/24", "10.1.0.0/16"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let got = allowed_sources(&sp, true);
+        assert_eq!(got, vec!["0.0.0.0/0".parse::<IpNet>().unwrap()]);
+        sp.load_balancer_source_ranges = vec![
+            "10.1.0.0/16".parse().unwrap(),
+            "10.1.2.0/24".parse().unwrap(),
+        ];
+        let got: Vec<String> = allowed_sources(&sp, true)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(got, ["10.0.0.3/32", "10.1.0.0/16"]);
+    }
 }

@@ -12,6 +12,27 @@ pub fn local_addresses() -> Vec<IpAddr> {
     parse_ip_addr(&String::from_utf8_lossy(&out.stdout))
 }
 
+/// This node's own addresses, for the VIP ownership rules: every address on
+/// its interfaces but ipvs mode's kube-ipvs0 (which holds the Service VIPs
+/// themselves).
+pub fn own_addresses() -> Vec<IpAddr> {
+    let Ok(out) = Command::new("ip").args(["-o", "addr", "show"]).output() else {
+        return vec![];
+    };
+    parse_own_addresses(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// [`parse_ip_addr`] without the lines of kube-ipvs0.
+pub fn parse_own_addresses(text: &str) -> Vec<IpAddr> {
+    let skip = crate::ipvs::link::DUMMY_LINK;
+    let kept: String = text
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) != Some(skip))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    parse_ip_addr(&kept)
+}
+
 /// Parses `ip -o addr show` lines: `2: eth0    inet 10.0.0.5/24 brd ... scope global eth0`.
 pub fn parse_ip_addr(text: &str) -> Vec<IpAddr> {
     let mut out = Vec::new();
@@ -138,5 +159,8 @@ mod tests {
         assert_eq!(ips.len(), 3);
         assert_eq!(ips[2], "10.0.0.5".parse::<IpAddr>().unwrap());
         assert_eq!(of_family(&ips, Family::V6).len(), 1);
+        let with_vips = format!("{text}9: kube-ipvs0    inet 10.96.0.10/32 scope global kube-ipvs0\\       valid_lft forever\n");
+        assert_eq!(parse_ip_addr(&with_vips).len(), 4);
+        assert_eq!(parse_own_addresses(&with_vips), ips);
     }
 }

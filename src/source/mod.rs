@@ -26,6 +26,8 @@ pub struct NodeInfo {
     pub eligible: bool,
     /// Primary addresses: InternalIP, else ExternalIP, one per family.
     pub primary_ips: Vec<std::net::IpAddr>,
+    /// Every InternalIP and ExternalIP: addresses an externalIP may not take.
+    pub addresses: Vec<std::net::IpAddr>,
 }
 
 impl NodeInfo {
@@ -45,11 +47,15 @@ impl NodeInfo {
             .is_some_and(|t| t.iter().any(|t| t.key == "ToBeDeletedByClusterAutoscaler"));
         let addrs = node.status.as_ref().and_then(|s| s.addresses.as_ref());
         let mut primary_ips: Vec<std::net::IpAddr> = Vec::new();
+        let mut addresses: Vec<std::net::IpAddr> = Vec::new();
         for kind in ["InternalIP", "ExternalIP"] {
             for a in addrs.into_iter().flatten().filter(|a| a.type_ == kind) {
                 if let Ok(ip) = a.address.parse::<std::net::IpAddr>() {
                     if !primary_ips.iter().any(|p| p.is_ipv4() == ip.is_ipv4()) {
                         primary_ips.push(ip);
+                    }
+                    if !addresses.contains(&ip) {
+                        addresses.push(ip);
                     }
                 }
             }
@@ -58,6 +64,7 @@ impl NodeInfo {
             zone,
             eligible: !deleting && !to_be_deleted,
             primary_ips,
+            addresses,
         }
     }
 }

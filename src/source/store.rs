@@ -99,8 +99,9 @@ impl Packed {
     }
 }
 
-/// Drops what no part of the proxy reads (bookkeeping metadata, the
-/// Service's selector and conditions, endpoints' target references), so
+/// Drops what no part of the proxy reads (bookkeeping metadata but a
+/// Service's UID and creationTimestamp, the Service's selector and
+/// conditions, endpoints' target references), so
 /// that the packed copy is small and an update that changes only those
 /// fields is not a change.
 fn strip_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
@@ -118,7 +119,16 @@ fn strip_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectM
 }
 
 fn strip_service(mut svc: Service) -> Service {
+    // A Service's age and UID decide which of two claims on the same
+    // externalIP/LoadBalancer IP wins (model::ownership); they never change
+    // for one object, so keeping them adds no changes.
+    let (uid, created) = (
+        svc.metadata.uid.take(),
+        svc.metadata.creation_timestamp.take(),
+    );
     strip_meta(&mut svc.metadata);
+    svc.metadata.uid = uid;
+    svc.metadata.creation_timestamp = created;
     if let Some(spec) = svc.spec.as_mut() {
         spec.selector = None;
     }
@@ -341,6 +351,8 @@ mod tests {
         );
         assert_eq!(s.spec.as_ref().unwrap().selector, None);
         assert_eq!(s.metadata.resource_version, None);
+        // Kept: they rank claims on the same VIP (model::ownership).
+        assert_eq!(s.metadata.uid.as_deref(), Some("u-1"));
         let ann = s.metadata.annotations.unwrap();
         assert_eq!(ann.len(), 1, "{ann:?}");
         let status = s.status.unwrap();

@@ -13,10 +13,11 @@ use crate::http::Shared;
 use crate::model::NodeContext;
 use crate::source::{Kind, SourceMsg, Store, Update};
 use model::{ModelCache, PortChange};
-pub use report::EventSink;
 use report::Reporter;
+pub use report::{EventObject, EventSink};
 use schedule::Schedule;
 use std::collections::{BTreeSet, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -33,6 +34,12 @@ pub struct SyncConfig {
     pub full_resync_period: Duration,
     /// Delete stale UDP conntrack entries after syncs.
     pub conntrack: bool,
+    /// Reads this node's own addresses (at start and every `sync_period`):
+    /// an externalIP on one of them is not programmed unless
+    /// `allow_node_ip_external_ips`. None: only the Node object's addresses.
+    pub node_addresses: Option<fn() -> Vec<IpAddr>>,
+    /// `--allow-node-ip-external-ips`.
+    pub allow_node_ip_external_ips: bool,
 }
 
 impl Default for SyncConfig {
@@ -42,6 +49,8 @@ impl Default for SyncConfig {
             sync_period: Duration::from_secs(30),
             full_resync_period: Duration::from_secs(3600),
             conntrack: true,
+            node_addresses: None,
+            allow_node_ip_external_ips: false,
         }
     }
 }
@@ -88,6 +97,9 @@ struct Loop<B: Backend> {
     report: Reporter,
     /// Services changed by a listing still in progress.
     deferred: BTreeSet<crate::model::ServiceKey>,
+    /// This node's addresses: on its interfaces, and in its Node object.
+    interface_ips: BTreeSet<IpAddr>,
+    node_object_ips: BTreeSet<IpAddr>,
 }
 
 impl<B: Backend> Loop<B> {
@@ -103,6 +115,11 @@ impl<B: Backend> Loop<B> {
             }
             SourceMsg::Node(info) => {
                 self.report.shared().health.set_node_eligible(info.eligible);
+                let ips: BTreeSet<IpAddr> = info.addresses.iter().copied().collect();
+                if ips != self.node_object_ips {
+                    self.node_object_ips = ips;
+                    self.node_addresses_changed();
+                }
                 if self.backend.set_primary_ips(&info.primary_ips) {
                     tracing::info!(ips = ?info.primary_ips, "node primary IPs changed; NodePorts follow them");
                     self.schedule.request_full();
@@ -154,14 +171,47 @@ impl<B: Backend> Loop<B> {
         }
     }
 
+    /// Re-reads this node's interface addresses (when a reader is set).
+    fn read_interface_addresses(&mut self) {
+        let Some(read) = self.cfg.node_addresses else {
+            return;
+        };
+        let ips: BTreeSet<IpAddr> = blocking(read).into_iter().collect();
+        if ips != self.interface_ips {
+            self.interface_ips = ips;
+            self.node_addresses_changed();
+        }
+    }
+
+    fn node_addresses_changed(&mut self) {
+        let all = self
+            .interface_ips
+            .union(&self.node_object_ips)
+            .copied()
+            .collect();
+        let r = self.model.set_node_addresses(all);
+        tracing::debug!(addresses = ?self.model.node_addresses(), "node addresses");
+        self.take_rebuild(r);
+    }
+
     fn rebuild(&mut self, dirty: &BTreeSet<crate::model::ServiceKey>) {
         let r = self.model.rebuild(&self.store, dirty);
+        self.take_rebuild(r);
+    }
+
+    fn take_rebuild(&mut self, r: model::Rebuild) {
         for e in &r.errors {
-            tracing::error!("{e}");
+            tracing::error!("{e}; skipped (previous rules, if any, kept)");
         }
         for w in &r.warnings {
             tracing::warn!("{w}");
         }
+        self.report.vip_conflicts(
+            &self.model.node.node_name,
+            &r.conflicts,
+            &r.resolved,
+            self.model.refused_counts(),
+        );
         if !r.changed.is_empty() {
             self.report.queued();
         }
@@ -226,10 +276,12 @@ pub async fn run<B: Backend>(
     events: Option<EventSink>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let mut model = ModelCache::new(node);
+    model.allow_node_ip_external_ips(cfg.allow_node_ip_external_ips);
     let mut lp = Loop {
         backend,
         store: Store::default(),
-        model: ModelCache::new(node),
+        model,
         synced: HashSet::new(),
         schedule: Schedule::new(Clock::now(), cfg.min_sync_period, cfg.full_resync_period),
         changes: Vec::new(),
@@ -237,7 +289,10 @@ pub async fn run<B: Backend>(
         scanned: false,
         report: Reporter::new(shared, events, B::MODE),
         cfg,
+        interface_ips: BTreeSet::new(),
+        node_object_ips: BTreeSet::new(),
     };
+    lp.read_interface_addresses();
     let mut tick = tokio::time::interval(lp.cfg.sync_period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -290,6 +345,7 @@ pub async fn run<B: Backend>(
                 }
             }
             _ = tick.tick() => {
+                lp.read_interface_addresses();
                 if lp.schedule.ready() && lp.schedule.started() && verify_rx.is_none() {
                     verify_rx = lp.backend.verify_job().map(spawn_job);
                 }

@@ -1,17 +1,36 @@
 //! What the sync loop tells the outside: metrics, `/healthz` and `/livez`
 //! state, the health-check node port servers, and Warning events on
-//! failures. The loop calls it; it decides nothing about scheduling.
+//! failures and on refused VIP claims. The loop calls it; it decides nothing
+//! about scheduling.
 
 use crate::backend::{FailureKind, Ports, SyncError, SyncStats};
 use crate::health::node_ports::{self, HcServers};
 use crate::http::Shared;
-use crate::metrics::{BackendLabel, PolicyLabel, TableLabel};
+use crate::metrics::{BackendLabel, PolicyLabel, ReasonLabel, TableLabel};
 use crate::model::categorize;
+use crate::model::ownership::{Conflict, Refusal, RefusedCounts};
+use crate::model::{ServiceKey, ServicePortKey};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// Publishes a Warning event about this node (reason, message).
-pub type EventSink = Arc<dyn Fn(&'static str, String) + Send + Sync>;
+/// The object a Warning event is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventObject {
+    /// This node (sync failures).
+    Node,
+    /// A Service (e.g. one whose externalIP is not programmed). With its UID
+    /// when known: `kubectl describe` lists the events matching it.
+    Service {
+        key: ServiceKey,
+        uid: Option<String>,
+    },
+}
+
+/// Publishes a Warning event (object, reason, message).
+pub type EventSink = Arc<dyn Fn(EventObject, &'static str, String) + Send + Sync>;
+
+/// Event reason of a refused externalIP/LoadBalancer IP claim.
+pub const VIP_CONFLICT_REASON: &str = "VIPConflict";
 
 fn unix(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -140,11 +159,68 @@ impl Reporter {
         }
         if failures == 1 {
             if let Some(ev) = &self.events {
-                ev("SyncProxyRulesFailed", format!("kube-proxy-rs: {e}"));
+                ev(
+                    EventObject::Node,
+                    "SyncProxyRulesFailed",
+                    format!("kube-proxy-rs: {e}"),
+                );
             }
             tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "sync failed; rules in the kernel are left as they were; retrying with a full sync");
         } else {
             tracing::debug!(error = %e, failures, "sync failed again");
+        }
+    }
+
+    /// Claims newly refused (one warning line and one Warning event on the
+    /// losing Service each), claims programmed again, and the gauge of
+    /// refused claims.
+    pub fn vip_conflicts(
+        &self,
+        node: &str,
+        conflicts: &[Conflict],
+        resolved: &[(ServicePortKey, Refusal)],
+        counts: RefusedCounts,
+    ) {
+        for c in conflicts {
+            let msg = c.message();
+            tracing::warn!(reason = c.refusal.reason.label(), "{msg}");
+            if let Some(ev) = &self.events {
+                let key = ServiceKey {
+                    namespace: c.loser.name.namespace.clone(),
+                    name: c.loser.name.name.clone(),
+                };
+                ev(
+                    EventObject::Service {
+                        key,
+                        uid: c.rank.uid.clone(),
+                    },
+                    VIP_CONFLICT_REASON,
+                    format!("kube-proxy-rs on node {node}: {msg}"),
+                );
+            }
+        }
+        for (k, r) in resolved {
+            tracing::info!(
+                "Service {}/{}{}: {} {} is programmed now",
+                k.name.namespace,
+                k.name.name,
+                if k.name.port.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (port {})", k.name.port)
+                },
+                r.kind,
+                r.vip
+            );
+        }
+        for (reason, n) in counts.by_label() {
+            self.shared
+                .metrics
+                .vip_conflicts
+                .get_or_create(&ReasonLabel {
+                    reason: reason.into(),
+                })
+                .set(n as i64);
         }
     }
 }

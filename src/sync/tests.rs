@@ -27,6 +27,8 @@ struct Calls {
     /// What the periodic check answers (true: intact).
     damaged: bool,
     verifies: usize,
+    /// The ports of the last sync.
+    ports: Ports,
 }
 
 struct Fake(Arc<Mutex<Calls>>);
@@ -40,11 +42,12 @@ impl Backend for Fake {
     }
     fn sync(
         &mut self,
-        _: &Ports,
+        ports: &Ports,
         changed: &BTreeSet<ServicePortKey>,
         full: bool,
     ) -> Result<SyncStats, SyncError> {
         let mut c = self.0.lock().unwrap();
+        c.ports = ports.clone();
         let ok = c.fail_next == 0;
         c.fail_next = c.fail_next.saturating_sub(1);
         c.syncs.push(Call {
@@ -120,8 +123,12 @@ fn slice(svc: &str, ips: &[&str]) -> EndpointSlice {
 const MIN: Duration = Duration::from_secs(1);
 const PERIOD: Duration = Duration::from_secs(30);
 
+type Events = Arc<Mutex<Vec<(EventObject, &'static str, String)>>>;
+
 struct Harness {
     calls: Arc<Mutex<Calls>>,
+    events: Events,
+    shared: Arc<Shared>,
     tx: mpsc::Sender<SourceMsg>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -143,20 +150,28 @@ impl Harness {
             sync_period: PERIOD,
             full_resync_period,
             conntrack: false,
+            ..Default::default()
+        };
+        let events: Events = Default::default();
+        let sink: EventSink = {
+            let events = events.clone();
+            Arc::new(move |about, reason, note| events.lock().unwrap().push((about, reason, note)))
         };
         let task = tokio::spawn(run(
             Fake(calls.clone()),
             rx,
             NodeContext::default(),
             cfg,
-            shared,
-            None,
+            shared.clone(),
+            Some(sink),
             async move {
                 let _ = stopped.await;
             },
         ));
         let h = Harness {
             calls,
+            events,
+            shared,
             tx,
             stop: Some(stop),
             task,
@@ -296,6 +311,103 @@ async fn a_full_resync_comes_every_full_resync_period() {
     // The check runs every sync period (30 s): the first tick at or past
     // 60 s after the last full sync asks for the next.
     assert_eq!(full, [0, 60, 120], "{syncs:?}");
+    h.stop().await;
+}
+
+/// A Service claiming `ext` as externalIP on port 80.
+fn claimer(name: &str, ip: &str, ext: &str) -> Service {
+    let mut s = service(name, ip);
+    s.spec.as_mut().unwrap().external_ips = Some(vec![ext.to_string()]);
+    s
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_claim_is_logged_evented_on_the_service_and_counted() {
+    let h = Harness::start(Duration::from_secs(3600)).await;
+    // evil claims a's ClusterIP tuple (10.96.0.1:80/TCP).
+    h.send(Update::Service(Box::new(claimer(
+        "evil",
+        "10.96.0.9",
+        "10.96.0.1",
+    ))))
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let evil_ports: Vec<_> = {
+        let c = h.calls.lock().unwrap();
+        c.ports
+            .values()
+            .filter(|p| p.key.name.name == "evil")
+            .cloned()
+            .collect()
+    };
+    assert_eq!(evil_ports.len(), 1);
+    assert!(evil_ports[0].external_ips.is_empty(), "{evil_ports:?}");
+    let events = h.events.lock().unwrap().clone();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let (about, reason, note) = &events[0];
+    assert_eq!(
+        *about,
+        EventObject::Service {
+            key: crate::model::ServiceKey {
+                namespace: "default".into(),
+                name: "evil".into()
+            },
+            uid: Some("uid-evil".into())
+        }
+    );
+    assert_eq!(*reason, report::VIP_CONFLICT_REASON);
+    assert!(
+        note.contains("default/evil") && note.contains("ClusterIP of Service default/a"),
+        "{note}"
+    );
+    let text = h.shared.metrics.encode();
+    assert!(
+        text.contains("kube_proxy_rs_vip_conflicts{reason=\"cluster_ip\"} 1"),
+        "{text}"
+    );
+    // Nothing new: no second event. A Node whose address evil2 claims.
+    h.send(Update::Service(Box::new(claimer(
+        "evil2",
+        "10.96.0.8",
+        "192.0.2.7",
+    ))))
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let programmed = |h: &Harness| {
+        let c = h.calls.lock().unwrap();
+        c.ports
+            .values()
+            .find(|p| p.key.name.name == "evil2")
+            .map(|p| p.external_ips.clone())
+            .unwrap()
+    };
+    assert_eq!(programmed(&h).len(), 1);
+    let node = |ips: &[&str]| crate::source::NodeInfo {
+        zone: None,
+        eligible: true,
+        primary_ips: vec![],
+        addresses: ips.iter().map(|i| i.parse().unwrap()).collect(),
+    };
+    h.tx.send(SourceMsg::Node(node(&["192.0.2.7"])))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(programmed(&h).is_empty());
+    assert_eq!(h.events.lock().unwrap().len(), 2);
+    assert!(h
+        .shared
+        .metrics
+        .encode()
+        .contains("kube_proxy_rs_vip_conflicts{reason=\"node_address\"} 1"));
+    // The address goes: evil2's claim is programmed again.
+    h.tx.send(SourceMsg::Node(node(&[]))).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(programmed(&h).len(), 1);
+    assert!(h
+        .shared
+        .metrics
+        .encode()
+        .contains("kube_proxy_rs_vip_conflicts{reason=\"node_address\"} 0"));
     h.stop().await;
 }
 

@@ -149,6 +149,8 @@ fn run_case(input: &Input) -> Result<Rendered, TestCaseError> {
         service_proxy_name: s.service_proxy_name.clone(),
     };
     let mut cache = ModelCache::new(node.clone());
+    // The node's own addresses, as the render path below is given them.
+    cache.set_node_addresses(LOCAL_IPS.into_iter().collect());
     let rebuild = cache.rebuild(&store, &dirty);
     REJECTED.fetch_add(rebuild.errors.len(), Relaxed);
     WARNINGS.fetch_add(rebuild.warnings.len(), Relaxed);
@@ -186,6 +188,7 @@ fn run_case(input: &Input) -> Result<Rendered, TestCaseError> {
             zone: Some(zone.clone()),
             ..node
         });
+        zoned.set_node_addresses(LOCAL_IPS.into_iter().collect());
         zoned.rebuild(&store, &dirty);
         for cfg in &configs {
             let fam: Vec<&ServicePort> = zoned
@@ -215,7 +218,7 @@ fn run_case(input: &Input) -> Result<Rendered, TestCaseError> {
         yaml.push_str(&doc);
     }
     std::fs::write(tmp.path().join("objects.yaml"), &yaml).unwrap();
-    let (text, problems) = kube_proxy_rs::run::render_text(&s, tmp.path(), &LOCAL_IPS);
+    let (text, problems) = kube_proxy_rs::run::render_text(&s, tmp.path(), &LOCAL_IPS, &LOCAL_IPS);
     let tmp_path = tmp.path().display().to_string();
     let load_errors: Vec<&String> = problems.iter().filter(|p| p.contains(&tmp_path)).collect();
     prop_assert!(
