@@ -1,7 +1,7 @@
 //! Service + EndpointSlices -> service ports of this node. Pure.
 
 use super::types::*;
-use super::validate::{for_log, is_object_name, is_port_name, port_number};
+use super::validate::{for_log, is_object_name, is_port_name, port_number, special_ip};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -83,9 +83,14 @@ pub fn build_service(
         let ip: IpAddr = s
             .parse()
             .map_err(|_| format!("{who}: invalid clusterIP {:?}", for_log(s)))?;
+        if let Some(why) = special_ip(&ip) {
+            return Err(format!("{who}: clusterIP {ip} is {why}"));
+        }
         cluster_ips.entry(Family::of(&ip)).or_insert(ip);
     }
-    let external_ips = parse_ips(spec.external_ips.as_deref(), &who, "externalIPs")?;
+    let mut warnings = Vec::new();
+    let mut external_ips = parse_ips(spec.external_ips.as_deref(), &who, "externalIPs")?;
+    drop_special(&mut external_ips, &who, "externalIP", &mut warnings);
     let mut lb_ips = Vec::new();
     if let Some(ingress) = svc
         .status
@@ -108,6 +113,12 @@ pub fn build_service(
                 lb_ips.push(parsed);
             }
         }
+        drop_special(
+            &mut lb_ips,
+            &who,
+            "status.loadBalancer.ingress IP",
+            &mut warnings,
+        );
     }
     let mut source_ranges = Vec::new();
     for r in spec.load_balancer_source_ranges.iter().flatten() {
@@ -205,7 +216,6 @@ pub fn build_service(
         });
     }
 
-    let mut warnings = Vec::new();
     let mut out = Vec::new();
     for (&family, &cip) in &cluster_ips {
         let endpoints_by_port = collect_endpoints(slices, family, node, &mut warnings);
@@ -262,6 +272,18 @@ fn parse_ips(list: Option<&[String]>, who: &str, field: &str) -> Result<Vec<IpAd
         }
     }
     Ok(out)
+}
+
+/// Leaves out the special addresses of `ips` (see [`special_ip`]), one
+/// warning each: the rest of the Service is programmed.
+fn drop_special(ips: &mut Vec<IpAddr>, who: &str, field: &str, warnings: &mut Vec<String>) {
+    ips.retain(|ip| match special_ip(ip) {
+        Some(why) => {
+            warnings.push(format!("{who}: {field} {ip} is {why}; not programmed"));
+            false
+        }
+        None => true,
+    });
 }
 
 fn of_family(ips: &[IpAddr], family: Family) -> Vec<IpAddr> {
@@ -324,6 +346,13 @@ fn collect_endpoints(
                     continue;
                 };
                 let ip: IpAddr = match addr.parse() {
+                    Ok(ip) if special_ip(&ip).is_some() => {
+                        warnings.push(format!(
+                            "{who}: address {ip} is {}; endpoint skipped",
+                            special_ip(&ip).unwrap_or_default()
+                        ));
+                        continue;
+                    }
                     Ok(ip) if Family::of(&ip) == family => ip,
                     Ok(_) => {
                         warnings.push(format!(

@@ -466,3 +466,46 @@ fn topology_hints_filter_cluster_endpoints() {
 fn ep_at(ip: &str) -> Endpoint {
     fixtures::endpoint(ip, 80)
 }
+
+#[test]
+fn special_addresses_are_never_vips_or_endpoints() {
+    // A ClusterIP in a special range: the Service is refused, named.
+    let e = build_service(
+        &svc(json!({"clusterIP": "127.0.0.1", "ports": [{"port": 80}]})),
+        &[],
+        &node(),
+    )
+    .unwrap_err();
+    assert_eq!(e, "Service ns/web: clusterIP 127.0.0.1 is loopback");
+    // Special externalIPs, LB IPs and endpoints: left out, one warning each;
+    // the rest of the Service is programmed.
+    let mut s = svc(json!({"type": "LoadBalancer", "clusterIP": "10.96.0.10",
+        "externalIPs": ["0.0.0.0", "192.0.2.1", "169.254.169.254"],
+        "ports": [{"port": 80}]}));
+    s.status = serde_json::from_value(json!({"loadBalancer": {"ingress": [
+        {"ip": "224.0.0.1"}, {"ip": "198.51.100.1"}]}}))
+    .unwrap();
+    let sl = slice(
+        "web-1",
+        "IPv4",
+        json!([{"port": 80}]),
+        json!([{"addresses": ["127.0.0.1"]}, {"addresses": ["10.244.1.1"]}]),
+    );
+    let out = build_service(&s, &[&sl], &node()).unwrap();
+    let Built::Ports(p) = &out.built else {
+        panic!()
+    };
+    assert_eq!(p[0].external_ips, vec![ip("192.0.2.1")]);
+    assert_eq!(p[0].load_balancer_ips, vec![ip("198.51.100.1")]);
+    assert_eq!(p[0].endpoints.len(), 1);
+    assert_eq!(p[0].endpoints[0].ip, ip("10.244.1.1"));
+    let w = out.warnings.join("\n");
+    for needle in [
+        "externalIP 0.0.0.0 is unspecified; not programmed",
+        "externalIP 169.254.169.254 is link-local; not programmed",
+        "status.loadBalancer.ingress IP 224.0.0.1 is multicast; not programmed",
+        "address 127.0.0.1 is loopback; endpoint skipped",
+    ] {
+        assert!(w.contains(needle), "{needle}:\n{w}");
+    }
+}

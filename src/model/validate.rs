@@ -38,6 +38,28 @@ pub fn port_number(v: i32) -> Option<u16> {
     }
 }
 
+/// Why `ip` may be neither a Service's VIP nor an endpoint, as the API
+/// server's validation says (so a `dir:` object, or one written before that
+/// validation, cannot program it either): unspecified, loopback, link-local
+/// and multicast addresses. `None` when it may be.
+pub fn special_ip(ip: &std::net::IpAddr) -> Option<&'static str> {
+    use std::net::IpAddr;
+    if ip.is_unspecified() {
+        return Some("unspecified");
+    }
+    if ip.is_loopback() {
+        return Some("loopback");
+    }
+    if ip.is_multicast() {
+        return Some("multicast");
+    }
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    };
+    link_local.then_some("link-local")
+}
+
 /// Makes an untrusted string printable in one log line (never used in payloads).
 pub fn for_log(s: &str) -> String {
     let mut out: String = s.chars().take(80).flat_map(char::escape_debug).collect();
@@ -83,6 +105,25 @@ mod tests {
         assert_eq!(port_number(65535), Some(65535));
         assert_eq!(port_number(70000), None);
         assert_eq!(port_number(-5), None);
+    }
+
+    #[test]
+    fn special_addresses() {
+        for (ip, why) in [
+            ("0.0.0.0", "unspecified"),
+            ("::", "unspecified"),
+            ("127.0.0.1", "loopback"),
+            ("::1", "loopback"),
+            ("169.254.1.1", "link-local"),
+            ("fe80::1", "link-local"),
+            ("224.0.0.1", "multicast"),
+            ("ff02::1", "multicast"),
+        ] {
+            assert_eq!(special_ip(&ip.parse().unwrap()), Some(why), "{ip}");
+        }
+        for ok in ["10.96.0.10", "192.0.2.1", "fd00::1", "2001:db8::1"] {
+            assert_eq!(special_ip(&ok.parse().unwrap()), None, "{ok}");
+        }
     }
 
     #[test]
