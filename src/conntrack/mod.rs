@@ -1,5 +1,8 @@
 //! Conntrack, around the rules: the table's size and timeouts set at start
-//! ([`limits`]), and stale UDP entries deleted after syncs ([`cleanup`]).
+//! ([`limits`]), and stale UDP entries deleted after syncs ([`cleanup`]);
+//! the netlink codec ([`wire`], pure) and socket ([`socket`]) for them.
 
 pub mod cleanup;
 pub mod limits;
+pub mod socket;
+pub mod wire;
