@@ -8,7 +8,7 @@ pub mod report;
 pub mod schedule;
 
 use crate::backend::{Backend, Job};
-use crate::conntrack::cleanup as conntrack;
+use crate::conntrack::{cleanup as conntrack, reconcile::Targets, worker};
 use crate::http::Shared;
 use crate::model::NodeContext;
 use crate::source::{Kind, SourceMsg, Store, Update};
@@ -92,6 +92,10 @@ struct Loop<B: Backend> {
     schedule: Schedule,
     /// UDP service ports changed since the last sync (conntrack cleanup).
     changes: Vec<PortChange>,
+    /// Deletes stale UDP conntrack entries off the loop (`cfg.conntrack`).
+    cleaner: Option<worker::Cleaner>,
+    /// Whether the startup reconcile of conntrack entries was handed over.
+    reconciled: bool,
     /// Whether the leftover scan has been started.
     scanned: bool,
     report: Reporter,
@@ -249,20 +253,38 @@ impl<B: Backend> Loop<B> {
                 if due.full {
                     release_freed_memory();
                 }
-                let flushes: Vec<_> = self
-                    .changes
-                    .drain(..)
-                    .flat_map(|c| conntrack::flushes(&c))
-                    .collect();
-                if !flushes.is_empty() {
-                    blocking(|| conntrack::run(&flushes));
-                }
+                self.hand_over_conntrack();
             }
             Err(e) => {
                 let wait = self.schedule.failed(Clock::now());
                 self.report.failed(&e, self.schedule.failures(), wait);
             }
         }
+    }
+
+    /// After a successful sync: the stale UDP conntrack entries its changes
+    /// call for go to the cleaner, which deletes them off this loop. The
+    /// first sync hands over the startup reconcile instead of its changes
+    /// (every port is new then, and only entries to endpoints that are not
+    /// current are stale: flows to current endpoints survive a restart).
+    fn hand_over_conntrack(&mut self) {
+        let Some(cleaner) = &self.cleaner else {
+            self.changes.clear();
+            return;
+        };
+        let mut work = worker::Work::default();
+        if self.reconciled {
+            work.flushes = self
+                .changes
+                .drain(..)
+                .flat_map(|c| conntrack::flushes(&c))
+                .collect();
+        } else {
+            self.reconciled = true;
+            self.changes.clear();
+            work.reconcile = Some(Targets::of(&self.model.ports));
+        }
+        cleaner.submit(work);
     }
 }
 
@@ -285,6 +307,8 @@ pub async fn run<B: Backend>(
         synced: HashSet::new(),
         schedule: Schedule::new(Clock::now(), cfg.min_sync_period, cfg.full_resync_period),
         changes: Vec::new(),
+        cleaner: cfg.conntrack.then(worker::Cleaner::spawn),
+        reconciled: false,
         deferred: BTreeSet::new(),
         scanned: false,
         report: Reporter::new(shared, events, B::MODE),
