@@ -80,6 +80,36 @@ impl NfnlSocket {
         Ok(NfnlSocket { fd })
     }
 
+    /// Asks for a receive buffer of `bytes` (the kernel doubles it for its
+    /// bookkeeping): past `net.core.rmem_max` with CAP_NET_ADMIN
+    /// (SO_RCVBUFFORCE), up to it otherwise.
+    pub fn grow_rcvbuf(&self, bytes: usize) {
+        let v = bytes.min(libc::c_int::MAX as usize) as libc::c_int;
+        if setsockopt(&self.fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &v).is_err() {
+            let _ = setsockopt(&self.fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &v);
+        }
+    }
+
+    /// The receive buffer's size as the kernel accounts it (SO_RCVBUF).
+    pub fn rcvbuf(&self) -> io::Result<usize> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `v` and `len` are live and of the sizes passed.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(v.max(0) as usize)
+    }
+
     /// A first sequence number that differs between runs.
     pub fn seed(&self) -> u32 {
         std::time::SystemTime::now()
