@@ -158,6 +158,15 @@ fn service_ips(sp: &ServicePort) -> Vec<IpAddr> {
 }
 
 /// The flushes one service port change calls for.
+///
+/// A destination (service IP and port, or NodePort) that starts leading to
+/// endpoints (the port gained its first endpoint, or gained the destination:
+/// a new external IP, a claim won from another Service, a new NodePort)
+/// loses every entry made to it before: those went to a REJECT, un-NATed,
+/// or to another Service. An endpoint that a destination stops leading to
+/// (the endpoint removed, or the destination: an external IP removed, a
+/// claim lost, the Service deleted) loses the entries DNATed to it through
+/// that destination.
 pub fn flushes(change: &PortChange) -> Vec<Flush> {
     let (old, new) = (udp(&change.0), udp(&change.1));
     let mut out = BTreeSet::new();
@@ -166,12 +175,19 @@ pub fn flushes(change: &PortChange) -> Vec<Flush> {
             .unwrap_or_default()
     };
     let (before, after) = (reachable(old), reachable(new));
-    if let Some(new) = new {
-        if before.is_empty() && !after.is_empty() {
-            for ip in service_ips(new) {
+    let has_ip = |sp: Option<&ServicePort>, ip: &IpAddr, port: u16| {
+        sp.is_some_and(|sp| sp.port == port && service_ips(sp).contains(ip))
+    };
+    let has_node_port =
+        |sp: Option<&ServicePort>, np: u16| sp.is_some_and(|sp| sp.node_port == Some(np));
+    if let Some(new) = new.filter(|_| !after.is_empty()) {
+        for ip in service_ips(new) {
+            if before.is_empty() || !has_ip(old, &ip, new.port) {
                 out.insert(Flush::ToServiceIp { ip, port: new.port });
             }
-            if let Some(np) = new.node_port {
+        }
+        if let Some(np) = new.node_port {
+            if before.is_empty() || !has_node_port(old, np) {
                 out.insert(Flush::ToNodePort {
                     family: new.key.family,
                     port: np,
@@ -180,14 +196,18 @@ pub fn flushes(change: &PortChange) -> Vec<Flush> {
         }
     }
     if let Some(old) = old {
-        for ep in before.iter().filter(|ip| !after.contains(ip)) {
-            for sip in service_ips(old) {
+        for sip in service_ips(old) {
+            let kept = has_ip(new, &sip, old.port);
+            for ep in before.iter().filter(|ep| !kept || !after.contains(ep)) {
                 out.insert(Flush::ToEndpoint {
                     service_ip: sip,
                     endpoint: *ep,
                 });
             }
-            if let Some(np) = old.node_port {
+        }
+        if let Some(np) = old.node_port {
+            let kept = has_node_port(new, np);
+            for ep in before.iter().filter(|ep| !kept || !after.contains(ep)) {
                 out.insert(Flush::ToNodePortEndpoint {
                     family: old.key.family,
                     port: np,
@@ -339,6 +359,65 @@ mod tests {
             flushes(&(Some(port(Protocol::Udp, &["10.0.0.1"])), None)).len(),
             3
         );
+    }
+
+    #[test]
+    fn destinations_gained_and_lost() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let eps = ["10.0.0.1", "10.0.0.2"];
+        let base = port(Protocol::Udp, &eps);
+        let to_eps = |sip: &str| {
+            eps.map(|ep| Flush::ToEndpoint {
+                service_ip: ip(sip),
+                endpoint: ip(ep),
+            })
+        };
+        // An external IP added (or a claim won): what went there before
+        // went elsewhere.
+        let mut more = base.clone();
+        more.external_ips.push(ip("192.0.2.54"));
+        assert_eq!(
+            flushes(&(Some(base.clone()), Some(more.clone()))),
+            [Flush::ToServiceIp {
+                ip: ip("192.0.2.54"),
+                port: 53
+            }]
+        );
+        // ... and removed again (or the claim lost): its flows to the
+        // endpoints go, the other destinations' stay.
+        assert_eq!(
+            flushes(&(Some(more), Some(base.clone()))),
+            to_eps("192.0.2.54")
+        );
+        // A new NodePort number: the old one's flows to the endpoints go,
+        // the new one's earlier entries too.
+        let mut moved = base.clone();
+        moved.node_port = Some(30054);
+        let mut want = vec![Flush::ToNodePort {
+            family: Family::V4,
+            port: 30054,
+        }];
+        want.extend(eps.map(|ep| Flush::ToNodePortEndpoint {
+            family: Family::V4,
+            port: 30053,
+            endpoint: ip(ep),
+        }));
+        assert_eq!(flushes(&(Some(base.clone()), Some(moved))), want);
+        // A new port number: every service IP is a new destination.
+        let mut renumbered = base.clone();
+        renumbered.port = 54;
+        let f = flushes(&(Some(base.clone()), Some(renumbered)));
+        assert!(f.contains(&Flush::ToServiceIp {
+            ip: ip("10.96.0.53"),
+            port: 54
+        }));
+        assert!(to_eps("10.96.0.53").iter().all(|t| f.contains(t)));
+        assert_eq!(f.len(), 2 + 4, "{f:?}");
+        // Gaining a destination without endpoints: nothing (REJECT).
+        let mut empty = port(Protocol::Udp, &[]);
+        let before = empty.clone();
+        empty.external_ips.push(ip("192.0.2.54"));
+        assert!(flushes(&(Some(before), Some(empty))).is_empty());
     }
 
     #[test]
