@@ -12,7 +12,7 @@ use crate::model::Family;
 use anyhow::Result;
 use std::collections::BTreeSet;
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What the cleaner is asked to do.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -139,10 +139,37 @@ impl Cleaner {
     }
 }
 
+/// A failed pass is tried again this many times, after 0.5, 1, 2 and 4 s
+/// (new work merged in), then given up: filters applied much later could
+/// delete flows that are current by then.
+const RETRIES: u32 = 4;
+
+fn retry_delay(attempt: u32) -> Duration {
+    // Shorter in the unit tests, which wait for every retry.
+    let base = Duration::from_millis(if cfg!(test) { 20 } else { 500 });
+    base * 2u32.pow(attempt.min(10))
+}
+
 fn run(rx: mpsc::Receiver<Work>, open: impl Fn() -> Result<Box<dyn Table + Send>>) {
     let mut table: Option<Box<dyn Table + Send>> = None;
     let mut warned = false;
-    while let Ok(mut work) = rx.recv() {
+    // Work whose pass failed, and how often it was retried.
+    let mut failed: Option<(Work, u32)> = None;
+    loop {
+        let (mut work, attempt) = match failed.take() {
+            None => match rx.recv() {
+                Ok(w) => (w, 0),
+                Err(_) => return,
+            },
+            Some((mut w, n)) => match rx.recv_timeout(retry_delay(n)) {
+                Ok(more) => {
+                    w.merge(more);
+                    (w, n + 1)
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => (w, n + 1),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            },
+        };
         // Whatever queued up while the last pass ran goes in this one.
         let mut merged = 1;
         while let Ok(more) = rx.try_recv() {
@@ -168,12 +195,18 @@ fn run(rx: mpsc::Receiver<Work>, open: impl Fn() -> Result<Box<dyn Table + Send>
                 warned = false;
                 log_pass(&work, &r, merged, ms);
             }
-            Err(e) if !warned => {
-                warned = true;
-                tracing::warn!(error = %format!("{e:#}"), "deleting stale UDP conntrack entries over netlink failed; they stay until they expire (retried after the next change)");
-            }
             Err(e) => {
-                tracing::debug!(error = %format!("{e:#}"), "deleting stale UDP conntrack entries failed again")
+                let e = format!("{e:#}");
+                let retry = attempt < RETRIES;
+                if !warned {
+                    warned = true;
+                    tracing::warn!(error = %e, retry, "deleting stale UDP conntrack entries over netlink failed; they stay until they expire unless a retry succeeds");
+                } else {
+                    tracing::debug!(error = %e, retry, "deleting stale UDP conntrack entries failed again");
+                }
+                if retry {
+                    failed = Some((work, attempt));
+                }
             }
         }
     }

@@ -245,7 +245,7 @@ fn submitting_never_waits_and_what_queues_during_a_pass_becomes_one_pass() {
 }
 
 #[test]
-fn a_table_that_cannot_be_opened_is_tried_again_with_the_next_work() {
+fn a_failed_pass_is_retried_alone_then_given_up() {
     let (t, all) = table();
     let attempts = Arc::new(Mutex::new(0));
     let cleaner = {
@@ -263,10 +263,25 @@ fn a_table_that_cannot_be_opened_is_tried_again_with_the_next_work() {
         flushes: removed_endpoint(),
         reconcile: None,
     };
+    // The first attempt fails; the retry (0.5 s later, 20 ms in tests)
+    // succeeds with no new work submitted.
     cleaner.submit(work.clone());
-    wait_for("the failed attempt", || *attempts.lock().unwrap() == 1);
-    assert_eq!(t.0.lock().unwrap().entries.len(), all.len());
+    wait_for("the retry", || t.0.lock().unwrap().delete_calls == 1);
+    assert_eq!(*attempts.lock().unwrap(), 2);
+    assert_eq!(t.0.lock().unwrap().entries, [all[2], all[4], all[5]]);
+    drop(cleaner);
+
+    // A table that never opens: tried 1 + RETRIES times, then left.
+    let attempts = Arc::new(Mutex::new(0));
+    let cleaner = {
+        let attempts = attempts.clone();
+        Cleaner::spawn_with(move || {
+            *attempts.lock().unwrap() += 1;
+            anyhow::bail!("no conntrack netlink here")
+        })
+    };
     cleaner.submit(work);
-    wait_for("the second pass", || t.0.lock().unwrap().delete_calls == 1);
-    assert_eq!(t.0.lock().unwrap().entries.len(), 3);
+    wait_for("every retry", || *attempts.lock().unwrap() == 1 + RETRIES);
+    std::thread::sleep(retry_delay(RETRIES) * 2);
+    assert_eq!(*attempts.lock().unwrap(), 1 + RETRIES, "given up");
 }
