@@ -12,7 +12,7 @@ the daemon would load, and in a fresh network namespace this measures:
   full_again_s         the script again over the loaded table (a full
                        sync: flush and rewrite in one transaction)
   data_change_ms       p50/p99 of one Service's 5 endpoints replaced
-                       (5 element deletes + 5 adds in cluster-eps, one
+                       (5 element deletes + 5 adds in cluster-eps-tcp, one
                        `nft -f`): what an endpoint change costs
   verdict_change_ms    p50/p99 of one Service's group moved to another
                        dispatch chain (delete + add in the verdict map
@@ -109,13 +109,13 @@ def one_size(n, reps):
         data = []
         for k in range(reps):
             a, b = (old, new) if k % 2 == 0 else (new, old)
-            keys = ", ".join(f"{vip} . tcp . 80 . {e}" for e in range(5))
-            vals = ", ".join(f"{vip} . tcp . 80 . {e} : {b[e]} . 8080" for e in range(5))
-            data.append(nft(ns, f"delete element {T} cluster-eps {{ {keys} }}\n"
-                                f"add element {T} cluster-eps {{ {vals} }}\n") * 1000)
+            keys = ", ".join(f"{vip} . 80 . {e}" for e in range(5))
+            vals = ", ".join(f"{vip} . 80 . {e} : {b[e]} . 8080" for e in range(5))
+            data.append(nft(ns, f"delete element {T} cluster-eps-tcp {{ {keys} }}\n"
+                                f"add element {T} cluster-eps-tcp {{ {vals} }}\n") * 1000)
         verdict = []
-        nft(ns, f"add chain {T} c4\nadd rule {T} c4 dnat ip to ip daddr . meta l4proto . th dport"
-                f" . numgen random mod 4 map @cluster-eps\n")
+        nft(ns, "".join(f"add chain {T} c4\nadd rule {T} c4 dnat ip to ip daddr . {p} dport"
+                        f" . numgen random mod 4 map @cluster-eps-{p}\n" for p in ("tcp", "udp", "sctp")))
         for k in range(reps):
             to = "c4" if k % 2 == 0 else "c5"
             verdict.append(nft(ns, f"delete element {T} cluster-groups {{ {vip} . tcp . 80 }}\n"
