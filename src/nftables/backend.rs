@@ -16,6 +16,7 @@ use crate::xtables::{chains, names, Kernel, KernelFactory, Masquerade, Table};
 use anyhow::Result;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The ruleset configs for the families to program on this node.
@@ -64,6 +65,8 @@ pub struct NftablesBackend {
     pub nodeport_primary: bool,
     /// The last sync failed: the next full sync makes the tables anew.
     recreate: bool,
+    /// Counts syncs: a periodic check that a sync overlapped says nothing.
+    generation: Arc<AtomicU64>,
     leftovers: Leftovers,
 }
 
@@ -80,6 +83,7 @@ impl NftablesBackend {
             families: configs.into_iter().map(FamilyState::new).collect(),
             nodeport_primary: false,
             recreate: false,
+            generation: Arc::default(),
             leftovers: Leftovers::default(),
         }
     }
@@ -90,18 +94,20 @@ impl NftablesBackend {
         changed: &BTreeSet<ServicePortKey>,
         full: bool,
     ) -> Result<SyncStats> {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         let full = full || self.families.iter().any(|f| !f.primed());
         let mut stats = SyncStats {
             full,
             ..Default::default()
         };
         let mut script = String::new();
+        let now = std::time::Instant::now();
         for st in &mut self.families {
             let plan = if full {
                 let listing = self.kernel.list(st.cfg.family(), TABLE)?;
-                st.plan_full(ports, listing.as_ref(), self.recreate)
+                st.plan_full(ports, listing.as_ref(), self.recreate, now)
             } else {
-                st.plan_changes(ports, changed)
+                st.plan_changes(ports, changed, now)
             };
             stats.written += plan.chains_written;
             stats.deleted += plan.chains_deleted;
@@ -132,23 +138,28 @@ impl NftablesBackend {
     }
 
     /// Removes what other modes left, now that our rules are in place.
-    fn remove_leftovers(&mut self) -> Result<()> {
-        let found = std::mem::take(&mut self.leftovers);
-        for f in &found.upstream_tables {
+    /// Each leftover is forgotten once removed; one that could not be is
+    /// kept, warned about, and tried again after the next sync (our rules are
+    /// in place either way: this is no sync failure).
+    fn remove_leftovers(&mut self) {
+        let kernel = &mut self.kernel;
+        self.leftovers.upstream_tables.retain(|f| {
             tracing::info!(family = ?f, table = UPSTREAM_TABLE, "removing upstream kube-proxy's nftables table");
-            self.kernel.apply(&format!(
-                "delete table {} {UPSTREAM_TABLE}\n",
-                nf_family(*f)
-            ))?;
-        }
-        if let Some(factory) = &self.ipt_factory {
-            let mut ipt = factory();
-            for f in &found.xtables {
-                tracing::info!(family = ?f, "removing iptables/ipvs-mode chains left on this node");
-                chains::remove_all(ipt.as_mut(), *f)?;
-            }
-        }
-        Ok(())
+            let r = kernel.apply(&format!("delete table {} {UPSTREAM_TABLE}\n", nf_family(*f)));
+            keep_on_error(r, "upstream kube-proxy's nftables table")
+        });
+        let Some(factory) = &self.ipt_factory else {
+            self.leftovers.xtables.clear();
+            return;
+        };
+        let mut ipt = factory();
+        self.leftovers.xtables.retain(|f| {
+            tracing::info!(family = ?f, "removing iptables/ipvs-mode chains left on this node");
+            keep_on_error(
+                chains::remove_for_takeover(ipt.as_mut(), *f),
+                "iptables/ipvs-mode chains",
+            )
+        });
     }
 
     fn family_list(&self) -> Vec<Family> {
@@ -156,13 +167,25 @@ impl NftablesBackend {
     }
 }
 
-/// Whether `family` has iptables- or ipvs-mode chains (KUBE-SERVICES in nat).
+/// True (keep it for another try) when removing a leftover failed.
+fn keep_on_error(r: Result<()>, what: &str) -> bool {
+    match r {
+        Ok(()) => false,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "could not remove {what} yet; trying again after the next sync");
+            true
+        }
+    }
+}
+
+/// Whether `family` has iptables- or ipvs-mode chains: KUBE-SERVICES or
+/// KUBE-PROXY-CANARY in nat (not KUBE-POSTROUTING: older kubelets write it).
 fn has_xtables_leftovers(ipt: &mut dyn Kernel, family: Family) -> Result<bool> {
     if !ipt.available(family) {
         return Ok(false);
     }
     let found = chains::declared_chains_in(ipt, family, Table::Nat, |c| {
-        c == names::KUBE_SERVICES || c == names::KUBE_POSTROUTING
+        c == names::KUBE_SERVICES || c == names::KUBE_PROXY_CANARY
     })?;
     Ok(!found.is_empty())
 }
@@ -192,7 +215,7 @@ impl Backend for NftablesBackend {
         match self.sync_families(ports, changed, full) {
             Ok(stats) => {
                 if !self.leftovers.is_empty() {
-                    self.remove_leftovers()?;
+                    self.remove_leftovers();
                 }
                 Ok(stats)
             }
@@ -214,6 +237,8 @@ impl Backend for NftablesBackend {
             .filter(|f| f.primed())
             .map(|f| f.expected())
             .collect();
+        let generation = self.generation.clone();
+        let started = generation.load(Ordering::SeqCst);
         Some(Box::new(move || {
             let mut kernel = factory();
             let mut intact = true;
@@ -223,6 +248,10 @@ impl Backend for NftablesBackend {
                     Some(l) => e.check(&l).err(),
                 };
                 if let Some(p) = problem {
+                    if generation.load(Ordering::SeqCst) != started {
+                        // A sync ran meanwhile: what was expected moved.
+                        return Ok(true);
+                    }
                     tracing::warn!(family = ?e.family, problem = %p, "the nftables ruleset was changed by hand; rewriting");
                     intact = false;
                 }
@@ -285,6 +314,12 @@ impl Backend for NftablesBackend {
         delete_nft_tables(self.kernel.as_mut(), &found)
     }
 
+    fn follow_up(&self) -> Option<std::time::Duration> {
+        // Doomed chains and sets go by a later sync, with or without changes.
+        let due = self.families.iter().filter_map(|f| f.next_doomed()).min()?;
+        Some(due.saturating_duration_since(std::time::Instant::now()))
+    }
+
     fn node_sysctls(_s: &Settings) -> Vec<Sysctl> {
         vec![]
     }
@@ -312,7 +347,11 @@ impl Backend for NftablesBackend {
                 continue;
             }
             out.push_str(&format!("# nft -f - ({} {TABLE})\n", nf_family(fam)));
-            out.push_str(&FamilyState::new(cfg).plan_full(&map, None, false).script);
+            out.push_str(
+                &FamilyState::new(cfg)
+                    .plan_full(&map, None, false, std::time::Instant::now())
+                    .script,
+            );
         }
         out
     }

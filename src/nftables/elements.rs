@@ -300,25 +300,12 @@ pub fn contribution(sp: &ServicePort, cfg: &NftConfig) -> Contribution {
 /// An interval set refuses overlapping elements, and CIDRs overlap only by
 /// one holding the other: those held by another are left out.
 fn allowed_sources(sp: &ServicePort, allow_from_node: bool) -> Vec<IpNet> {
-    let mut nets: Vec<IpNet> = sp
-        .load_balancer_source_ranges
-        .iter()
-        .map(IpNet::trunc)
-        .collect();
+    let mut nets: Vec<IpNet> = sp.load_balancer_source_ranges.clone();
     if allow_from_node {
         nets.extend(sp.load_balancer_ips.iter().map(|ip| IpNet::from(*ip)));
     }
     nets.retain(|n| Family::of_net(n) == sp.key.family);
-    nets.sort_by_key(|n| (n.prefix_len(), n.addr()));
-    nets.dedup();
-    let mut kept: Vec<IpNet> = Vec::new();
-    for n in nets {
-        if !kept.iter().any(|k| k.contains(&n)) {
-            kept.push(n);
-        }
-    }
-    kept.sort();
-    kept
+    crate::node::widest(&nets)
 }
 
 /// Session affinity as upstream's nftables mode does it: one dynamic set

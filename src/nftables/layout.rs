@@ -614,11 +614,11 @@ pub fn fixed_commands(cfg: &NftConfig, out: &mut String) {
 
 /// Elements of the sets the configuration fills (pod ranges, NodePort addresses).
 pub fn config_elements(cfg: &NftConfig) -> Vec<(MapId, String)> {
-    let mut out: Vec<(MapId, String)> = cfg
-        .masq
-        .cluster_cidrs
-        .iter()
-        .map(|n| (MapId::PodCidrs, n.trunc().to_string()))
+    // An interval set refuses overlapping elements: ranges held by another
+    // (10.244.0.0/16 next to 10.0.0.0/8) are left out.
+    let mut out: Vec<(MapId, String)> = crate::node::widest(&cfg.masq.cluster_cidrs)
+        .into_iter()
+        .map(|n| (MapId::PodCidrs, n.to_string()))
         .collect();
     out.extend(
         cfg.nodeport_ips()

@@ -12,6 +12,7 @@ use crate::backend::Ports;
 use crate::model::ServicePortKey;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
+use std::time::{Duration, Instant};
 
 /// Elements per `add element` / `delete element` command.
 const ELEMENTS_PER_COMMAND: usize = 500;
@@ -47,7 +48,19 @@ pub struct FamilyState {
     dispatch: BTreeSet<(Pick, usize)>,
     /// Whether the kernel holds the fixed part as this state expects.
     primed: bool,
+    /// Chains and sets no longer used, emptied, to delete by a later sync.
+    doomed: BTreeMap<(String, Doomed), Instant>,
 }
+
+/// What a doomed name is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Doomed {
+    Chain,
+    Set,
+}
+
+/// How long a chain or set stays after it was last used (see `doom`).
+pub const DOOM_DELAY: Duration = Duration::from_secs(2);
 
 fn programmed(owners: Option<&BTreeMap<ServicePortKey, Option<String>>>) -> Option<Option<String>> {
     owners.and_then(|o| o.values().next().cloned())
@@ -86,6 +99,7 @@ impl FamilyState {
             elements: BTreeMap::new(),
             dispatch: BTreeSet::new(),
             primed: false,
+            doomed: BTreeMap::new(),
         }
     }
 
@@ -162,13 +176,22 @@ impl FamilyState {
     /// the kernel's table holds (None: no table); chains and sets nothing
     /// wants any more are deleted. `recreate` first deletes the table (after
     /// a failed sync, in case it holds something this version cannot add to).
-    pub fn plan_full(&mut self, ports: &Ports, existing: Option<&Listing>, recreate: bool) -> Plan {
+    pub fn plan_full(
+        &mut self,
+        ports: &Ports,
+        existing: Option<&Listing>,
+        recreate: bool,
+        now: Instant,
+    ) -> Plan {
         self.rebuild(ports);
         let t = self.table();
         let mut p = Plan::default();
         let mut out = String::new();
         if recreate && existing.is_some() {
             let _ = writeln!(out, "delete table {t}");
+        }
+        if recreate || existing.is_none() {
+            self.doomed.clear();
         }
         layout::fixed_commands(&self.cfg, &mut out);
         let fixed = layout::fixed_chain_names();
@@ -226,31 +249,38 @@ impl FamilyState {
             element_commands(&mut out, "add", &t, *m, &refs);
             p.elements_added += items.len();
         }
-        // What an earlier run left that nothing wants now.
+        // What an earlier run (or sync) left that nothing wants now: emptied
+        // now, deleted by a later sync (see `doom`); what is wanted again is
+        // no longer doomed.
+        let chain_names: BTreeSet<String> = chains.keys().map(|c| c.to_string()).collect();
+        let set_names: BTreeSet<String> = sets.keys().map(|s| s.to_string()).collect();
+        let wanted = |c: &str| {
+            fixed.contains(&c)
+                || chain_names.contains(c)
+                || Pick::parse_chain(c).is_some_and(|d| dispatch.contains(&d))
+        };
+        let fixed_sets: BTreeSet<&str> = MapId::all().iter().map(|m| m.name()).collect();
+        self.doomed.retain(|(n, k), _| match k {
+            Doomed::Chain => !wanted(n),
+            Doomed::Set => !set_names.contains(n),
+        });
+        let mut doom: Vec<(String, Doomed)> = Vec::new();
         if let (Some(l), false) = (existing, recreate) {
-            let stale_chains: Vec<&String> = l
-                .chains
-                .keys()
-                .filter(|c| {
-                    !fixed.contains(&c.as_str())
-                        && !chains.contains_key(c.as_str())
-                        && !Pick::parse_chain(c).is_some_and(|d| dispatch.contains(&d))
-                })
-                .collect();
-            // Pick chains jump to endpoint chains: delete them first.
-            let (picks, rest): (Vec<&String>, Vec<&String>) = stale_chains
-                .into_iter()
-                .partition(|c| c.starts_with("affinity-c-") || c.starts_with("affinity-l-"));
-            for c in picks.into_iter().chain(rest) {
-                let _ = writeln!(out, "delete chain {t} {c}");
-                p.chains_deleted += 1;
+            for c in l.chains.keys().filter(|c| !wanted(c)) {
+                let _ = writeln!(out, "flush chain {t} {c}");
+                doom.push((c.clone(), Doomed::Chain));
             }
-            let fixed_sets: BTreeSet<&str> = MapId::all().iter().map(|m| m.name()).collect();
-            for s in &l.sets {
-                if !fixed_sets.contains(s.as_str()) && !sets.contains_key(s.as_str()) {
-                    let _ = writeln!(out, "delete set {t} {s}");
+            for s in l.sets.iter() {
+                if !fixed_sets.contains(s.as_str()) && !set_names.contains(s) {
+                    doom.push((s.clone(), Doomed::Set));
                 }
             }
+        }
+        let mut due = String::new();
+        self.delete_doomed(&mut due, &mut p, now);
+        out.push_str(&due);
+        for (name, kind) in doom {
+            self.doom(&name, kind, now);
         }
         self.dispatch = dispatch;
         p.script = out;
@@ -259,30 +289,36 @@ impl FamilyState {
 
     /// An incremental sync of the service ports in `changed` (others are
     /// as last planned). Call only when [`FamilyState::primed`].
-    pub fn plan_changes(&mut self, ports: &Ports, changed: &BTreeSet<ServicePortKey>) -> Plan {
+    pub fn plan_changes(
+        &mut self,
+        ports: &Ports,
+        changed: &BTreeSet<ServicePortKey>,
+        now: Instant,
+    ) -> Plan {
         let fam = self.cfg.family();
         let changed: Vec<&ServicePortKey> = changed.iter().filter(|k| k.family == fam).collect();
         let mut p = Plan::default();
+        let t = self.table();
+        let mut out = String::new();
+        // Chains and sets unused since an earlier sync: the kernel has let
+        // go of them by now.
+        self.delete_doomed(&mut out, &mut p, now);
         if changed.is_empty() {
+            p.script = out;
             return p;
         }
-        let t = self.table();
-        let old_chains: BTreeMap<String, OwnedChain> = self
-            .owned_chains()
-            .into_iter()
-            .map(|(n, c)| (n.to_string(), c.clone()))
-            .collect();
-        let old_sets: BTreeMap<String, OwnedSet> = self
-            .owned_sets()
-            .into_iter()
-            .map(|(n, s)| (n.to_string(), s.clone()))
-            .collect();
+        // The chains and sets of the changed ports only (their names are
+        // the ports' own), before and after.
+        let mut old_chains: BTreeMap<String, OwnedChain> = BTreeMap::new();
+        let mut old_sets: BTreeMap<String, OwnedSet> = BTreeMap::new();
         // The elements these ports touch, and what the kernel holds for them.
         let mut touched: BTreeSet<ElementKey> = BTreeSet::new();
         let mut news: Vec<(&ServicePortKey, Contribution)> = Vec::new();
         for k in &changed {
             if let Some(old) = self.ports.get(*k) {
                 touched.extend(old.elements.iter().map(|e| (e.map, e.key.clone())));
+                old_chains.extend(old.chains.iter().map(|c| (c.name.clone(), c.clone())));
+                old_sets.extend(old.sets.iter().map(|s| (s.name.clone(), s.clone())));
             }
             if let Some(sp) = ports.get(*k) {
                 let c = contribution(sp, &self.cfg);
@@ -298,47 +334,46 @@ impl FamilyState {
             self.forget(k);
         }
         let mut new_dispatch: Vec<(Pick, usize)> = Vec::new();
+        let mut new_chains: Vec<OwnedChain> = Vec::new();
+        let mut new_sets: BTreeMap<String, OwnedSet> = BTreeMap::new();
         for (k, c) in news {
             for d in &c.dispatch {
                 if !self.dispatch.contains(d) && !new_dispatch.contains(d) {
                     new_dispatch.push(*d);
                 }
             }
+            new_chains.extend(c.chains.iter().cloned());
+            new_sets.extend(c.sets.iter().map(|s| (s.name.clone(), s.clone())));
             self.learn(k, c);
         }
-        let mut out = String::new();
-        // New chains and sets first: the elements below jump to them.
+        // New chains and sets first: the elements below jump to them. A
+        // doomed one that is wanted again is kept (flushed, then filled).
         for (pick, n) in &new_dispatch {
             let name = pick.chain(*n);
+            self.doomed.remove(&(name.clone(), Doomed::Chain));
             let _ = writeln!(out, "add chain {t} {name}");
+            let _ = writeln!(out, "flush chain {t} {name}");
             for r in pick.rules(self.cfg.nf(), *n) {
                 let _ = writeln!(out, "add rule {t} {name} {r}");
             }
             self.dispatch.insert((*pick, *n));
             p.chains_written += 1;
         }
-        let new_sets = self.owned_sets();
         // (A set's name includes its timeout: an existing one never changes.)
         for (name, s) in &new_sets {
-            if !old_sets.contains_key(*name) {
+            if !old_sets.contains_key(name) {
+                self.doomed.remove(&(name.clone(), Doomed::Set));
                 let _ = writeln!(out, "add set {t} {name} {}", set_definition(&self.cfg, s));
             }
         }
-        let ordered: Vec<OwnedChain> = self
-            .ports
-            .values()
-            .flat_map(|c| c.chains.iter().cloned())
-            .collect();
-        let rewritten: Vec<&OwnedChain> = ordered
+        let rewritten: Vec<&OwnedChain> = new_chains
             .iter()
             .filter(|c| old_chains.get(&c.name) != Some(*c))
             .collect();
         for c in &rewritten {
-            if old_chains.contains_key(&c.name) {
-                let _ = writeln!(out, "flush chain {t} {}", c.name);
-            } else {
-                let _ = writeln!(out, "add chain {t} {}", c.name);
-            }
+            self.doomed.remove(&(c.name.clone(), Doomed::Chain));
+            let _ = writeln!(out, "add chain {t} {}", c.name);
+            let _ = writeln!(out, "flush chain {t} {}", c.name);
         }
         for c in &rewritten {
             for r in &c.rules {
@@ -373,26 +408,63 @@ impl FamilyState {
                 .collect();
             element_commands(&mut out, "add", &t, *m, &refs);
         }
-        // Chains and sets nothing uses any more (pick chains first).
-        let now_chains = self.owned_chains();
-        let mut gone: Vec<&OwnedChain> = old_chains
-            .values()
-            .filter(|c| !now_chains.contains_key(c.name.as_str()))
-            .collect();
-        gone.sort_by_key(|c| {
-            !(c.name.starts_with("affinity-c-") || c.name.starts_with("affinity-l-"))
-        });
-        for c in gone {
-            let _ = writeln!(out, "delete chain {t} {}", c.name);
-            p.chains_deleted += 1;
+        // Chains and sets nothing uses any more: emptied now, deleted by a
+        // later sync (see `doom`).
+        let wanted: BTreeSet<&str> = new_chains.iter().map(|c| c.name.as_str()).collect();
+        for name in old_chains.keys().filter(|n| !wanted.contains(n.as_str())) {
+            let _ = writeln!(out, "flush chain {t} {name}");
+            self.doom(name, Doomed::Chain, now);
         }
-        for name in old_sets.keys() {
-            if !new_sets.contains_key(name.as_str()) {
-                let _ = writeln!(out, "delete set {t} {name}");
-            }
+        for name in old_sets.keys().filter(|n| !new_sets.contains_key(*n)) {
+            self.doom(name, Doomed::Set, now);
         }
         p.script = out;
         p
+    }
+
+    /// Marks a chain or set for deletion by a sync at least [`DOOM_DELAY`]
+    /// later. Before Linux 6.2 the kernel lets go of a chain that map
+    /// elements jumped to only a moment after the transaction that removed
+    /// them, and deleting it in that transaction fails (EBUSY), as upstream
+    /// kube-proxy notes; a set goes the same way for simplicity.
+    fn doom(&mut self, name: &str, kind: Doomed, now: Instant) {
+        self.doomed.entry((name.to_string(), kind)).or_insert(now);
+    }
+
+    /// Deletes what was doomed long enough ago (pick chains first: they
+    /// jump to endpoint chains; sets last).
+    fn delete_doomed(&mut self, out: &mut String, p: &mut Plan, now: Instant) {
+        let t = self.table();
+        let due: Vec<(String, Doomed)> = self
+            .doomed
+            .iter()
+            .filter(|(_, at)| now.duration_since(**at) >= DOOM_DELAY)
+            .map(|((n, k), _)| (n.clone(), *k))
+            .collect();
+        let rank = |n: &str, k: Doomed| match k {
+            Doomed::Chain if n.starts_with("affinity-c-") || n.starts_with("affinity-l-") => 0,
+            Doomed::Chain => 1,
+            Doomed::Set => 2,
+        };
+        let mut due = due;
+        due.sort_by_key(|(n, k)| rank(n, *k));
+        for (name, kind) in due {
+            match kind {
+                Doomed::Chain => {
+                    let _ = writeln!(out, "delete chain {t} {name}");
+                    p.chains_deleted += 1;
+                }
+                Doomed::Set => {
+                    let _ = writeln!(out, "delete set {t} {name}");
+                }
+            }
+            self.doomed.remove(&(name, kind));
+        }
+    }
+
+    /// When the next doomed chain or set may go (for a follow-up sync).
+    pub fn next_doomed(&self) -> Option<Instant> {
+        self.doomed.values().map(|at| *at + DOOM_DELAY).min()
     }
 
     /// After the kernel took a full sync's script.

@@ -103,6 +103,22 @@ pub fn follow_primary(
     true
 }
 
+/// `nets` without those another one holds (CIDRs overlap only so), without
+/// duplicates, sorted: what an nftables interval set accepts.
+pub fn widest(nets: &[ipnet::IpNet]) -> Vec<ipnet::IpNet> {
+    let mut all: Vec<ipnet::IpNet> = nets.iter().map(ipnet::IpNet::trunc).collect();
+    all.sort_by_key(|n| (n.prefix_len(), n.addr()));
+    all.dedup();
+    let mut kept: Vec<ipnet::IpNet> = Vec::new();
+    for n in all {
+        if !kept.iter().any(|k| k.contains(&n)) {
+            kept.push(n);
+        }
+    }
+    kept.sort();
+    kept
+}
+
 /// One sysctl to hold at a value, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sysctl {
@@ -150,6 +166,21 @@ mod tests {
             !follow_primary(Family::V4, &primary, &mut nets, &mut ips),
             "unchanged"
         );
+    }
+
+    #[test]
+    fn widest_leaves_out_held_ranges() {
+        let nets: Vec<ipnet::IpNet> = [
+            "10.244.0.0/16",
+            "10.0.0.0/8",
+            "10.0.0.0/8",
+            "192.168.0.0/16",
+        ]
+        .iter()
+        .map(|n| n.parse().unwrap())
+        .collect();
+        let got: Vec<String> = widest(&nets).iter().map(|n| n.to_string()).collect();
+        assert_eq!(got, ["10.0.0.0/8", "192.168.0.0/16"]);
     }
 
     #[test]

@@ -77,6 +77,24 @@ pub fn remove_all(kernel: &mut dyn Kernel, family: Family) -> Result<()> {
     })
 }
 
+/// What nftables mode removes when it takes a node over from iptables or
+/// ipvs mode: [`remove_all`] but for KUBE-FIREWALL and its jumps, which
+/// kubelet writes too (it drops traffic from outside to 127.0.0.0/8, which
+/// `route_localnet=1` would otherwise let in; kubelet does not put it back).
+pub fn remove_for_takeover(kernel: &mut dyn Kernel, family: Family) -> Result<()> {
+    let kubelets =
+        |j: &jumps::Jump| j.args.last().map(String::as_str) == Some(names::KUBE_FIREWALL);
+    for j in jumps::ipvs_mode().iter().chain(&jumps::iptables_mode()) {
+        if !kubelets(j) {
+            kernel.delete_jump(family, j)?;
+        }
+    }
+    delete_chains(kernel, family, |table, c| {
+        c != names::KUBE_FIREWALL
+            && (names::ipvs_mode_chain(table, c) || names::iptables_mode_chain(c))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +104,28 @@ mod tests {
         let save = "# Generated\n*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SVC-ABC - [0:0]\n-A KUBE-SVC-ABC -j X\nCOMMIT\n";
         let got: Vec<&str> = save.lines().filter_map(declared_chain).collect();
         assert_eq!(got, vec!["PREROUTING", "KUBE-SVC-ABC"]);
+    }
+
+    #[test]
+    fn a_takeover_keeps_kubelets_firewall_chain_and_its_jumps() {
+        use crate::xtables::fake::FakeIptables;
+        let k = FakeIptables::default();
+        k.state().restores.push(
+            "*filter\n:KUBE-FIREWALL - [0:0]\n:KUBE-FORWARD - [0:0]\n-A KUBE-FIREWALL -j DROP\nCOMMIT\n*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-ABCDEFGHIJKLMNOP - [0:0]\nCOMMIT\n".into(),
+        );
+        k.state().add_jumps(&jumps::iptables_mode());
+        remove_for_takeover(&mut k.clone(), Family::V4).unwrap();
+        let s = k.state();
+        assert!(s.chains(Table::Filter).contains_key(names::KUBE_FIREWALL));
+        assert!(!s.chains(Table::Filter).contains_key(names::KUBE_FORWARD));
+        assert!(
+            s.chains(Table::Nat).is_empty(),
+            "{:?}",
+            s.chains(Table::Nat)
+        );
+        for j in jumps::iptables_mode() {
+            let kubelets = j.args.last().map(String::as_str) == Some(names::KUBE_FIREWALL);
+            assert_eq!(s.has(&j), kubelets, "{}", j.insert_line());
+        }
     }
 }

@@ -89,9 +89,15 @@ pub fn remove_leftover_tables(
     if found.is_empty() {
         return Ok(());
     }
-    let gone = std::mem::take(found);
-    tracing::info!(tables = ?gone, "removing nftables mode's tables now that this mode's rules are in place");
-    delete_nft_tables(nft().as_mut(), &gone)
+    tracing::info!(tables = ?found, "removing nftables mode's tables now that this mode's rules are in place");
+    match delete_nft_tables(nft().as_mut(), found) {
+        Ok(()) => found.clear(),
+        // Our rules are in place: no sync failure; tried again next sync.
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "could not remove nftables mode's tables yet; trying again after the next sync")
+        }
+    }
+    Ok(())
 }
 
 /// Builds a fresh handle (the periodic check runs on its own thread).

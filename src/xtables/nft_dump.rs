@@ -25,6 +25,8 @@ const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_GETSET: u16 = 10;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_DUMP: u16 = 0x300;
+/// Set on a dump's messages when the ruleset changed while it ran.
+const NLM_F_DUMP_INTR: u16 = 0x10;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLMSG_HDRLEN: usize = 16;
@@ -69,13 +71,15 @@ pub fn request(msg: u16, family: Family, table: &str, seq: u32, dump: bool) -> V
 /// One message of an answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    /// An object, with its attributes (type, payload).
+    /// An object, with its attributes (type, payload); `interrupted` when
+    /// the ruleset changed while the dump ran (its answers may be wrong).
     Object {
         seq: u32,
         attrs: Vec<(u16, Vec<u8>)>,
+        interrupted: bool,
     },
-    /// The end of a dump.
-    Done { seq: u32 },
+    /// The end of a dump, with the error that ended it (0: none).
+    Done { seq: u32, errno: i32 },
     /// An error (errno > 0) or an ACK (0).
     Error { seq: u32, errno: i32 },
 }
@@ -101,10 +105,18 @@ pub fn parse(buf: &[u8]) -> Result<Vec<Answer>, String> {
             ));
         }
         let ty = u16_at(buf, i + 4);
+        let flags = u16_at(buf, i + 6);
         let seq = u32_at(buf, i + 8);
         let body = &buf[i + NLMSG_HDRLEN..i + len];
         match ty {
-            NLMSG_DONE => out.push(Answer::Done { seq }),
+            NLMSG_DONE => {
+                let errno = if body.len() >= 4 {
+                    -(i32::from_ne_bytes([body[0], body[1], body[2], body[3]]))
+                } else {
+                    0
+                };
+                out.push(Answer::Done { seq, errno });
+            }
             NLMSG_ERROR => {
                 if body.len() < 4 {
                     return Err("short netlink error".into());
@@ -126,7 +138,11 @@ pub fn parse(buf: &[u8]) -> Result<Vec<Answer>, String> {
                     ));
                     j += (alen + 3) & !3;
                 }
-                out.push(Answer::Object { seq, attrs });
+                out.push(Answer::Object {
+                    seq,
+                    attrs,
+                    interrupted: flags & NLM_F_DUMP_INTR != 0,
+                });
             }
         }
         i += (len + 3) & !3;
@@ -149,18 +165,35 @@ type Attrs = Vec<(u16, Vec<u8>)>;
 fn ask(nl: &NfnlSocket, req: &[u8], seq: u32, dump: bool) -> Result<Option<Vec<Attrs>>> {
     nl.send(req).context("sending an nf_tables request")?;
     let mut objects = Vec::new();
+    let mut interrupted = false;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = nl.recv(&mut buf).context("reading nf_tables answers")?;
         for a in parse(&buf[..n]).map_err(anyhow::Error::msg)? {
             match a {
-                Answer::Object { seq: s, attrs } if s == seq => {
+                Answer::Object {
+                    seq: s,
+                    attrs,
+                    interrupted: i,
+                } if s == seq => {
+                    interrupted |= i;
                     objects.push(attrs);
                     if !dump {
                         return Ok(Some(objects));
                     }
                 }
-                Answer::Done { seq: s } if s == seq => return Ok(Some(objects)),
+                Answer::Done { seq: s, errno } if s == seq => {
+                    if errno != 0 {
+                        bail!(
+                            "nf_tables dump failed: {}",
+                            std::io::Error::from_raw_os_error(errno)
+                        );
+                    }
+                    if interrupted {
+                        bail!(Interrupted);
+                    }
+                    return Ok(Some(objects));
+                }
                 Answer::Error { seq: s, errno } if s == seq => {
                     if errno == libc::ENOENT {
                         return Ok(None);
@@ -182,9 +215,25 @@ fn ask(nl: &NfnlSocket, req: &[u8], seq: u32, dump: bool) -> Result<Option<Vec<A
     }
 }
 
+/// A dump the ruleset changed under (read again).
+#[derive(Debug, thiserror::Error)]
+#[error("the nf_tables ruleset changed during the dump")]
+struct Interrupted;
+
 /// The table's chains (with rule counts) and named sets; `None` when the
-/// kernel has no such table.
+/// kernel has no such table. A dump the ruleset changed under (another
+/// program's commit, even in another table) is read again, a few times.
 pub fn dump_table(family: Family, table: &str) -> Result<Option<TableListing>> {
+    let mut tries = 0;
+    loop {
+        match dump_table_once(family, table) {
+            Err(e) if e.is::<Interrupted>() && tries < 4 => tries += 1,
+            r => return r,
+        }
+    }
+}
+
+fn dump_table_once(family: Family, table: &str) -> Result<Option<TableListing>> {
     let nl = NfnlSocket::open().context("opening a netfilter netlink socket")?;
     let mut seq = nl.seed();
     let mut next = |msg: u16, dump: bool| {
@@ -269,7 +318,17 @@ mod tests {
             9,
             &[(1, b"kube-proxy-rs\0"), (2 | 0x8000, b"services\0")],
         );
-        buf.extend(message(NLMSG_DONE, 9, &[]));
+        let done = |seq: u32, errno: i32| {
+            let mut d = Vec::new();
+            d.extend_from_slice(&20u32.to_ne_bytes());
+            d.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
+            d.extend_from_slice(&2u16.to_ne_bytes());
+            d.extend_from_slice(&seq.to_ne_bytes());
+            d.extend_from_slice(&0u32.to_ne_bytes());
+            d.extend_from_slice(&(-errno).to_ne_bytes());
+            d
+        };
+        buf.extend(done(9, 0));
         let mut err = Vec::new();
         err.extend_from_slice(&20u32.to_ne_bytes());
         err.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
@@ -280,7 +339,12 @@ mod tests {
         buf.extend(err);
         let got = parse(&buf).unwrap();
         assert_eq!(got.len(), 3);
-        let Answer::Object { seq: 9, attrs } = &got[0] else {
+        let Answer::Object {
+            seq: 9,
+            attrs,
+            interrupted: false,
+        } = &got[0]
+        else {
             panic!("{got:?}")
         };
         assert_eq!(string(attrs, 1).as_deref(), Some("kube-proxy-rs"));
@@ -289,7 +353,7 @@ mod tests {
             Some("services"),
             "NLA_F_NESTED masked"
         );
-        assert_eq!(got[1], Answer::Done { seq: 9 });
+        assert_eq!(got[1], Answer::Done { seq: 9, errno: 0 });
         assert_eq!(
             got[2],
             Answer::Error {
@@ -298,5 +362,24 @@ mod tests {
             }
         );
         assert!(parse(&buf[..buf.len() - 3]).is_err(), "a cut message");
+        // NLM_F_DUMP_INTR on an object; a DONE carrying an error.
+        let mut m = message(NFNL_SUBSYS_NFTABLES << 8 | 6, 3, &[]);
+        m[6] |= 0x10;
+        m.extend(done(3, libc::EINTR));
+        let got = parse(&m).unwrap();
+        assert!(matches!(
+            got[0],
+            Answer::Object {
+                interrupted: true,
+                ..
+            }
+        ));
+        assert_eq!(
+            got[1],
+            Answer::Done {
+                seq: 3,
+                errno: libc::EINTR
+            }
+        );
     }
 }

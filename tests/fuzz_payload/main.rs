@@ -230,7 +230,7 @@ fn run_case(input: &Input) -> Result<Rendered, TestCaseError> {
     let mut scripts = Vec::new();
     for cfg in kube_proxy_rs::nftables::backend::nft_configs(&s, &LOCAL_IPS) {
         let script = kube_proxy_rs::nftables::state::FamilyState::new(cfg.clone())
-            .plan_full(&cache.ports, None, false)
+            .plan_full(&cache.ports, None, false, std::time::Instant::now())
             .script;
         check_nft(&script, &cfg, &a)?;
         NFT_CHECKED.fetch_add(1, Relaxed);

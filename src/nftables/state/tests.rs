@@ -3,6 +3,7 @@
 use super::*;
 use crate::model::fixtures::{endpoint, numbered, ports as ports_map};
 use crate::model::{Family, ServicePort};
+use std::time::Instant;
 
 fn cfg() -> NftConfig {
     let mut c = NftConfig::new(Family::V4);
@@ -39,7 +40,7 @@ fn lines<'a>(p: &'a Plan, prefix: &str) -> Vec<&'a str> {
 
 fn primed(ports: &Ports) -> FamilyState {
     let mut st = FamilyState::new(cfg());
-    st.plan_full(ports, None, false);
+    st.plan_full(ports, None, false, Instant::now());
     st.full_applied();
     st
 }
@@ -48,7 +49,7 @@ fn primed(ports: &Ports) -> FamilyState {
 fn a_full_sync_writes_fixed_chains_dispatch_chains_and_every_element() {
     let ports = ports_map((0..3).map(|i| numbered(i, 2)).collect());
     let mut st = FamilyState::new(cfg());
-    let p = st.plan_full(&ports, None, false);
+    let p = st.plan_full(&ports, None, false, Instant::now());
     assert!(p.script.starts_with("add table ip kube-proxy-rs\n"));
     assert!(p.script.contains("flush map ip kube-proxy-rs vips\n"));
     assert!(p.script.contains(
@@ -72,7 +73,7 @@ fn an_endpoint_change_is_element_updates_only() {
     let key = ports.keys().nth(1).unwrap().clone();
     // Replace one endpoint; the count stays 3.
     ports.get_mut(&key).unwrap().endpoints[2] = endpoint("10.9.9.9", 8080);
-    let p = st.plan_changes(&ports, &[key.clone()].into());
+    let p = st.plan_changes(&ports, &[key.clone()].into(), Instant::now());
     assert_eq!(p.chains_written, 0, "{}", p.script);
     assert!(!p.script.contains(" chain "), "{}", p.script);
     assert_eq!(
@@ -83,7 +84,10 @@ fn an_endpoint_change_is_element_updates_only() {
          add element ip kube-proxy-rs cluster-eps-tcp { 10.96.0.2 . 80 . 2 : 10.9.9.9 . 8080 }\n"
     );
     // Nothing changed: nothing to write.
-    assert!(st.plan_changes(&ports, &[key].into()).script.is_empty());
+    assert!(st
+        .plan_changes(&ports, &[key].into(), Instant::now())
+        .script
+        .is_empty());
 }
 
 #[test]
@@ -98,7 +102,7 @@ fn a_new_endpoint_count_adds_its_dispatch_chain_once() {
             .endpoints
             .push(endpoint("10.8.0.1", 8080));
     }
-    let p = st.plan_changes(&ports, &keys.iter().cloned().collect());
+    let p = st.plan_changes(&ports, &keys.iter().cloned().collect(), Instant::now());
     assert_eq!(lines(&p, "add chain ip kube-proxy-rs c3").len(), 1);
     let groups = lines(&p, "add element ip kube-proxy-rs cluster-groups");
     assert_eq!(groups.len(), 1);
@@ -110,14 +114,14 @@ fn a_new_endpoint_count_adds_its_dispatch_chain_once() {
     // The chain is there now: the next service that needs it reuses it.
     let k = keys[0].clone();
     ports.get_mut(&k).unwrap().endpoints.pop();
-    let p = st.plan_changes(&ports, &[k.clone()].into());
+    let p = st.plan_changes(&ports, &[k.clone()].into(), Instant::now());
     assert!(lines(&p, "add chain").is_empty(), "c2 exists: {}", p.script);
     ports
         .get_mut(&k)
         .unwrap()
         .endpoints
         .push(endpoint("10.8.0.2", 8080));
-    let p = st.plan_changes(&ports, &[k].into());
+    let p = st.plan_changes(&ports, &[k].into(), Instant::now());
     assert!(lines(&p, "add chain").is_empty(), "c3 exists: {}", p.script);
 }
 
@@ -127,7 +131,7 @@ fn removing_a_service_deletes_its_elements_and_an_empty_one_rejects() {
     let mut st = primed(&ports);
     let k = ports.keys().next().unwrap().clone();
     let removed = ports.remove(&k).unwrap();
-    let p = st.plan_changes(&ports, &[k.clone()].into());
+    let p = st.plan_changes(&ports, &[k.clone()].into(), Instant::now());
     assert!(lines(&p, "add ").is_empty(), "{}", p.script);
     assert_eq!(
         p.elements_deleted, 4,
@@ -138,7 +142,7 @@ fn removing_a_service_deletes_its_elements_and_an_empty_one_rejects() {
     let mut empty = removed;
     empty.endpoints.clear();
     ports.insert(k.clone(), empty);
-    let p = st.plan_changes(&ports, &[k].into());
+    let p = st.plan_changes(&ports, &[k].into(), Instant::now());
     assert_eq!(
         p.script,
         "add element ip kube-proxy-rs no-endpoint-internal { 10.96.0.1 . tcp . 80 : goto reject-chain }\n"
@@ -155,7 +159,7 @@ fn the_first_claim_of_a_vip_tuple_wins_and_the_next_takes_over() {
     b.external_ips = vec!["192.0.2.1".parse().unwrap()];
     let mut ports = ports_map(vec![a.clone(), b.clone()]);
     let mut st = primed(&ports);
-    let full = st.plan_full(&ports, None, false);
+    let full = st.plan_full(&ports, None, false, Instant::now());
     let eps = lines(&full, "add element ip kube-proxy-rs cluster-eps-tcp")[0].to_string();
     assert!(
         eps.contains("192.0.2.1 . 80 . 0 : 10.1.0.1 . 8080"),
@@ -164,7 +168,7 @@ fn the_first_claim_of_a_vip_tuple_wins_and_the_next_takes_over() {
     assert!(!eps.contains("192.0.2.1 . 80 . 0 : 10.1.1.1"), "{eps}");
     st.full_applied();
     ports.remove(&a.key);
-    let p = st.plan_changes(&ports, &[a.key.clone()].into());
+    let p = st.plan_changes(&ports, &[a.key.clone()].into(), Instant::now());
     assert!(
         p.script.contains(
             "add element ip kube-proxy-rs cluster-eps-tcp { 192.0.2.1 . 80 . 0 : 10.1.1.1 . 8080 }"
@@ -184,7 +188,7 @@ fn sticky() -> ServicePort {
 fn session_affinity_gets_chains_and_sets_of_its_own() {
     let mut ports = ports_map(vec![sticky()]);
     let mut st = FamilyState::new(cfg());
-    let p = st.plan_full(&ports, None, false);
+    let p = st.plan_full(&ports, None, false, Instant::now());
     let sets = lines(&p, "add set ip kube-proxy-rs affinity-ep-");
     assert_eq!(sets.len(), 2, "{}", p.script);
     assert!(sets[0].ends_with("{ type ipv4_addr; flags dynamic,timeout; timeout 600s; }"));
@@ -199,31 +203,53 @@ fn session_affinity_gets_chains_and_sets_of_its_own() {
         "no buckets for it"
     );
     st.full_applied();
-    // Its endpoints change: its chains are rewritten, the old endpoint's go.
+    let t0 = Instant::now();
+    let later = |n: u64| t0 + DOOM_DELAY * n as u32;
+    // Its endpoints change: its chains are rewritten; the old endpoint's
+    // chain is emptied now and deleted (with its set) by a later sync.
     let k = ports.keys().next().unwrap().clone();
     ports.get_mut(&k).unwrap().endpoints[1] = endpoint("10.7.7.7", 8080);
-    let p = st.plan_changes(&ports, &[k.clone()].into());
+    let p = st.plan_changes(&ports, &[k.clone()].into(), t0);
     assert_eq!(lines(&p, "add set").len(), 1, "{}", p.script);
-    assert_eq!(lines(&p, "delete set").len(), 1, "{}", p.script);
+    assert!(
+        lines(&p, "delete ")
+            .iter()
+            .all(|l| l.starts_with("delete element")),
+        "{}",
+        p.script
+    );
+    let flushed = lines(&p, "flush chain");
+    assert_eq!(
+        flushed.len(),
+        3,
+        "new endpoint's, the pick chain, the old endpoint's: {flushed:?}"
+    );
+    assert_eq!(st.next_doomed(), Some(t0 + DOOM_DELAY));
+    // Not yet due: nothing deleted.
+    assert!(st
+        .plan_changes(&ports, &BTreeSet::new(), t0)
+        .script
+        .is_empty());
+    let p = st.plan_changes(&ports, &BTreeSet::new(), later(1));
     assert_eq!(lines(&p, "delete chain").len(), 1, "{}", p.script);
-    assert_eq!(lines(&p, "flush chain").len(), 1, "{}", p.script);
+    assert_eq!(lines(&p, "delete set").len(), 1, "{}", p.script);
     let pos = |s: &str| p.script.find(s).unwrap();
-    assert!(pos("flush chain") < pos("delete chain"));
     assert!(pos("delete chain") < pos("delete set"));
-    // A new timeout: new sets and chains, the old ones deleted after.
+    assert_eq!(st.next_doomed(), None);
+    // A new timeout: new sets and chains; the old ones go later.
     ports.get_mut(&k).unwrap().affinity_timeout = Some(60);
-    let p = st.plan_changes(&ports, &[k.clone()].into());
+    let p = st.plan_changes(&ports, &[k.clone()].into(), later(2));
     assert_eq!(lines(&p, "add set").len(), 2, "{}", p.script);
     assert!(lines(&p, "add set")[0].ends_with("timeout 60s; }"));
-    assert_eq!(lines(&p, "delete set").len(), 2, "{}", p.script);
-    assert_eq!(lines(&p, "delete chain").len(), 3, "{}", p.script);
     let pos = |s: &str| p.script.find(s).unwrap();
     assert!(pos("add set") < pos("add element"));
-    assert!(pos("add element") < pos("delete chain"));
-    assert!(pos("delete chain") < pos("delete set"));
+    let p = st.plan_changes(&ports, &BTreeSet::new(), later(3));
+    assert_eq!(lines(&p, "delete set").len(), 2, "{}", p.script);
+    assert_eq!(lines(&p, "delete chain").len(), 3, "{}", p.script);
     // Removed: everything of it goes, pick chain before endpoint chains.
     ports.clear();
-    let p = st.plan_changes(&ports, &[k].into());
+    st.plan_changes(&ports, &[k].into(), later(4));
+    let p = st.plan_changes(&ports, &BTreeSet::new(), later(5));
     let deleted = lines(&p, "delete chain");
     assert_eq!(deleted.len(), 3, "{}", p.script);
     assert!(deleted[0].contains("affinity-c-"));
@@ -239,21 +265,29 @@ fn a_full_sync_deletes_what_nothing_wants_and_recreate_starts_anew() {
     );
     assert_eq!(listing.chains["affinity-c-old"], 2);
     assert!(listing.sets.contains("affinity-ep-old") && listing.sets.contains("vips"));
-    let p = st.plan_full(&ports, Some(&listing), false);
-    let deleted = lines(&p, "delete chain");
+    let t0 = Instant::now();
+    let p = st.plan_full(&ports, Some(&listing), false, t0);
+    // Emptied now, deleted by a later sync: pick chains first, sets last.
+    assert!(lines(&p, "delete ").is_empty(), "{}", p.script);
+    for c in ["affinity-c-old", "affinity-ep-old", "c7"] {
+        assert!(
+            p.script
+                .contains(&format!("flush chain ip kube-proxy-rs {c}\n")),
+            "{c}"
+        );
+    }
+    st.full_applied();
+    let p = st.plan_changes(&ports, &BTreeSet::new(), t0 + DOOM_DELAY);
     assert_eq!(
-        deleted,
+        lines(&p, "delete "),
         [
             "delete chain ip kube-proxy-rs affinity-c-old",
             "delete chain ip kube-proxy-rs affinity-ep-old",
-            "delete chain ip kube-proxy-rs c7"
+            "delete chain ip kube-proxy-rs c7",
+            "delete set ip kube-proxy-rs affinity-ep-old"
         ]
     );
-    assert_eq!(
-        lines(&p, "delete set"),
-        ["delete set ip kube-proxy-rs affinity-ep-old"]
-    );
-    let p = st.plan_full(&ports, Some(&listing), true);
+    let p = st.plan_full(&ports, Some(&listing), true, Instant::now());
     assert!(p
         .script
         .starts_with("delete table ip kube-proxy-rs\nadd table"));
@@ -264,7 +298,7 @@ fn a_full_sync_deletes_what_nothing_wants_and_recreate_starts_anew() {
 fn the_periodic_check_compares_chains_and_rule_counts() {
     let ports = ports_map(vec![numbered(0, 2), sticky()]);
     let mut st = FamilyState::new(cfg());
-    let p = st.plan_full(&ports, None, false);
+    let p = st.plan_full(&ports, None, false, Instant::now());
     st.full_applied();
     // A listing made from the script itself: every chain with its rules.
     let mut text = String::from("table ip kube-proxy-rs {\n");
