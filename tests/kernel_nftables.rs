@@ -420,3 +420,48 @@ fn stale_udp_conntrack_entries_are_flushed() {
         || query(&lab) == "pod1:5353",
     );
 }
+
+#[test]
+fn an_affinity_services_old_chains_and_sets_are_retired_a_sync_later() {
+    require_kernel!();
+    if !nft_required() {
+        return;
+    }
+    let mut lab = Lab::new();
+    pods3(&mut lab);
+    let sticky = |eps: &[(&str, &str)]| {
+        service(
+            "sticky",
+            "{clusterIP: 10.96.0.30, sessionAffinity: ClientIP, ports: [{port: 80, targetPort: 8080}]}",
+        ) + &slice("sticky-1", "sticky", "[{port: 8080}]", eps)
+    };
+    lab.write("sticky.yaml", &sticky(&LOCAL3));
+    lab.start_proxy(&NFT);
+    let node = lab.node.clone();
+    wait_until("sticky answers", WAIT, || {
+        curl(&node, "http://10.96.0.30/", 1).is_ok()
+    });
+    let chains = |lab: &Lab| -> Vec<String> {
+        nft_list(lab, "ip", "kube-proxy-rs")
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("chain affinity-ep-"))
+            .map(|l| l.trim_end_matches(" {").to_string())
+            .collect()
+    };
+    assert_eq!(chains(&lab).len(), 3);
+    // pod2 leaves: its chain and set are emptied, then deleted a sync later.
+    lab.write("sticky.yaml", &sticky(&LOCAL3[..2]));
+    wait_until("two endpoint chains left", WAIT, || chains(&lab).len() == 2);
+    let t = nft_list(&lab, "ip", "kube-proxy-rs");
+    assert_eq!(t.matches("set affinity-ep-").count(), 2, "{t}");
+    let hits = spread(&node, "http://10.96.0.30/", 10);
+    assert_eq!(hits.len(), 1, "still sticky: {hits:?}");
+    assert!(!hits.contains_key("pod2:8080"), "{hits:?}");
+    // The Service goes: everything of it goes.
+    lab.remove("sticky.yaml");
+    wait_until("no affinity chain or set left", WAIT, || {
+        !nft_list(&lab, "ip", "kube-proxy-rs").contains("affinity-")
+    });
+    let log = lab.log();
+    assert!(!log.contains("sync failed"), "{log}");
+}
