@@ -36,6 +36,7 @@ Per proxy x size it measures, from outside the proxy:
                     client alternating between the two, 1,000 connects each
   cpu_with_children_s_per_1000_changes  (JSON only) the same, plus the CPU of
                     the proxy's iptables-restore processes
+  put_rtt_p50_ms    (JSON only) the PUT's own round trip, part of the latency
 Both run with --min-sync-period 0s (upstream: --iptables-min-sync-period=0s).
 Results: JSON (one record per proxy x mode x N x metric), a Markdown table and,
 when matplotlib is available, a PNG chart of latency vs N.
@@ -463,7 +464,7 @@ def run_one(make, n, changes, api, kubeconfig, workdir, limit, quiet=(None, 0)):
         time.sleep(3)
         mode.begin_changes()
         # Programming latency: replace one endpoint of service i, wait for it.
-        lat, missed = [], 0
+        lat, rtt, missed = [], [], 0
         load0 = os.getloadavg()[0]
         _, cpu0 = proc(p.pid)
         _, cpu0_all = proc(p.pid, children=True)
@@ -478,6 +479,7 @@ def run_one(make, n, changes, api, kubeconfig, workdir, limit, quiet=(None, 0)):
             seen = mode.arm(i, new_ip, sl)
             t = time.monotonic()
             api.call("PUT", path, sl)
+            rtt.append((time.monotonic() - t) * 1000)
             missed += not seen(t + 60)
             lat.append((time.monotonic() - t) * 1000)
             rec.setdefault("latency_samples_ms", []).append(round(lat[-1], 1))
@@ -491,6 +493,8 @@ def run_one(make, n, changes, api, kubeconfig, workdir, limit, quiet=(None, 0)):
         _, cpu1_all = proc(p.pid, children=True)
         rec["latency_p50_ms"] = round(percentile(lat, 50), 1)
         rec["latency_p99_ms"] = round(percentile(lat, 99), 1)
+        # The PUT's own round trip (API server and etcd), inside the latency.
+        rec["put_rtt_p50_ms"] = round(percentile(rtt, 50), 1)
         rec["cpu_s_per_1000_changes"] = round((cpu1 - cpu0) * 1000 / changes, 1)
         rec["cpu_with_children_s_per_1000_changes"] = round((cpu1_all - cpu0_all) * 1000 / changes, 1)
         rec["peak_rss_mb"] = round(rss, 1)

@@ -43,6 +43,7 @@ Measured from outside the proxy, per proxy x size:
   cpu_s_per_1000_changes  CPU of the proxy process over the changes, x 1000/changes
   cpu_with_children_s_per_1000_changes  the same plus its nft / iptables-restore
                     processes (the work happens there)
+  put_rtt_p50_ms    the PUT's own round trip (API server and etcd), part of the latency
   peak_rss_mb       VmHWM of the proxy over the whole run
   first_packet_first_ms / first_packet_last_ms  median TCP connect time, as
                     compare.py, to the Service created first (svc-0) and the one
@@ -372,7 +373,7 @@ def judge(rows):
     return lines
 
 
-METRICS = ["cold_start_s", "latency_p50_ms", "latency_p99_ms", "floor_p50_ms", "floor_p99_ms",
+METRICS = ["cold_start_s", "latency_p50_ms", "latency_p99_ms", "put_rtt_p50_ms", "floor_p50_ms", "floor_p99_ms",
            "cpu_s_per_1000_changes", "cpu_with_children_s_per_1000_changes", "peak_rss_mb",
            "first_packet_first_ms", "first_packet_last_ms", "note"]
 
