@@ -51,6 +51,8 @@ Measured from outside the proxy, per proxy x size:
                     first and last in KUBE-SERVICES (its rule walk)
   check_list_ms     (kube-proxy-rs, JSON only) `nft -t list table ip kube-proxy-rs`,
                     what its periodic check runs
+  state_check       (kube-proxy-rs, JSON only) at the end, every Service's
+                    cluster-eps buckets (one dump) against its slice in the API
 A proxy that is not fully programmed within --cold-start-limit is reported so,
 with how far it got, and gives no further figures.
 Results: bench/results/compare-nftables{suffix}.{json,md,png}.
@@ -227,10 +229,28 @@ class RsNft(Nft):
             times.append(nft(self.netns, "-f", "-", script=self.script(i, cur, new))[1] * 1000)
             cur = new
         nft(self.netns, "-f", "-", script=self.script(i, cur, orig))
+        self.api = api
         # What the periodic check runs (elements are not printed; are they read?).
         self.extra["check_list_ms"] = round(statistics.median(
             nft(self.netns, "-t", "list", "table", "ip", self.table)[1] * 1000 for _ in range(3)), 1)
         return times
+
+
+    def extras(self):
+        """After the changes and the first packet: every Service's buckets
+        in the kernel hold its endpoints as the API server has them now."""
+        want = {}
+        for sl in self.api.call("GET", f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices")["items"]:
+            i = int(sl["metadata"]["name"].split("-")[1])
+            want[vip(i, self.m)] = sorted(f"{e['addresses'][0]}:8080" for e in sl["endpoints"])
+        have = {}
+        for key, data in self.socket().dump_elements("ip", self.table, "cluster-eps"):
+            ep = f"{socket.inet_ntoa(data[:4])}:{int.from_bytes(data[4:6], 'big')}"
+            have.setdefault(socket.inet_ntoa(key[:4]), {})[int.from_bytes(key[12:16], sys.byteorder)] = ep
+        wrong = [v for v, eps in want.items() if have.get(v, {}) != dict(enumerate(eps))]
+        self.extra["state_check"] = (f"all {len(want)} Services' buckets match the API" if not wrong else
+                                     f"{len(wrong)} of {len(want)} Services differ from the API, e.g. {wrong[:3]}")
+        return self.extra
 
 
 class UpstreamNft(Nft):

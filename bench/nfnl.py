@@ -10,9 +10,10 @@ kernel directly, from a socket opened inside the proxy's network namespace:
   Nfnl(netns).get_elements(family, table, set, keys)  one NFT_MSG_GETSETELEM
                                                       for the given keys ->
                                                       {key: data or None}
-  Nfnl(netns).count_elements(family, table, set, keep) a dump of the set;
-                                                      counts the keys with
-                                                      keep(key) true
+  Nfnl(netns).dump_elements(family, table, set)       a dump of the set:
+                                                      [(key, data)]
+  Nfnl(netns).count_elements(family, table, set, keep) the same, counting the
+                                                      keys with keep(key) true
 
 Keys and data are the kernel's bytes: each field of a concatenation padded
 to 4 bytes (see `concat`). Only reads; nothing here changes the ruleset.
@@ -185,9 +186,9 @@ class Nfnl:
             raise
         return dict(self._elements(out))
 
-    def count_elements(self, family, table, set_, keep=lambda key: True):
-        """Elements of the set whose key passes `keep`; None when a commit
-        interrupted the dump (ask again) or the set does not exist."""
+    def dump_elements(self, family, table, set_):
+        """Every (key, data) of the set; None when a commit interrupted the
+        dump (ask again) or the set does not exist."""
         try:
             out, intr = self.request(NFT_MSG_GETSETELEM, family, NLM_F_DUMP,
                                      attr(LIST_TABLE, strz(table)) + attr(LIST_SET, strz(set_)))
@@ -195,6 +196,9 @@ class Nfnl:
             if e.errno == errno.ENOENT:
                 return None
             raise
-        if intr:
-            return None
-        return sum(1 for key, _ in self._elements(out) if key is not None and keep(key))
+        return None if intr else [(k, d) for k, d in self._elements(out) if k is not None]
+
+    def count_elements(self, family, table, set_, keep=lambda key: True):
+        """Elements of the set whose key passes `keep` (None as dump_elements)."""
+        elems = self.dump_elements(family, table, set_)
+        return None if elems is None else sum(1 for key, _ in elems if keep(key))
