@@ -8,6 +8,7 @@ neither touches the host's rules and they do not compete for the 2 cores.
 Usage: compare.py [--sizes 1000,10000] [--endpoints 5] [--changes 30]
                   [--proxies rs,upstream] [--out bench/results]
                   [--iptables nft|legacy] [--cold-start-limit 1800]
+                  [--changes-limit SECONDS] [--quiet-load LOAD --quiet-wait SECONDS]
 
 Per proxy x size it measures, from outside the proxy:
   cold_start_s      process start -> KUBE-SERVICES holds a jump for every
@@ -427,10 +428,11 @@ def wait_quiet(load, most):
     return os.getloadavg()[0]
 
 
-def run_one(make, n, changes, api, kubeconfig, workdir, limit, quiet=(None, 0)):
+def run_one(make, n, changes, api, kubeconfig, workdir, limit, quiet=(None, 0), changes_limit=None):
     """One proxy x size run, measured from outside the proxy; `make(netns)`
     gives the mode object (see Iptables) for the fresh namespace. With
-    quiet=(load, seconds), waits first for the host to be that quiet."""
+    quiet=(load, seconds), waits first for the host to be that quiet; with
+    changes_limit (seconds), stops making changes after that long."""
     if quiet[0]:
         print(f"load {wait_quiet(*quiet):.2f} at start", flush=True)
     RUNS[0] += 1
@@ -468,7 +470,11 @@ def run_one(make, n, changes, api, kubeconfig, workdir, limit, quiet=(None, 0)):
         load0 = os.getloadavg()[0]
         _, cpu0 = proc(p.pid)
         _, cpu0_all = proc(p.pid, children=True)
+        t_changes = time.monotonic()
         for k in range(changes):
+            if changes_limit and k and time.monotonic() - t_changes > changes_limit:
+                rec["note"] = f"{k} of {changes} changes made within {changes_limit} s"
+                break
             i = mode.service(k, RUNS[0])
             # Unique per run: the proxies share the cluster, and a PUT that
             # changes nothing produces no event.
@@ -488,15 +494,15 @@ def run_one(make, n, changes, api, kubeconfig, workdir, limit, quiet=(None, 0)):
         # The host may be shared: how busy it was around the changes.
         rec["loadavg_1m_changes"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
         if missed:
-            rec["note"] = f"{missed} changes not seen within 60 s"
+            rec["note"] = " ".join(filter(None, [rec.get("note"), f"{missed} changes not seen within 60 s"]))
         rss, cpu1 = proc(p.pid)
         _, cpu1_all = proc(p.pid, children=True)
         rec["latency_p50_ms"] = round(percentile(lat, 50), 1)
         rec["latency_p99_ms"] = round(percentile(lat, 99), 1)
         # The PUT's own round trip (API server and etcd), inside the latency.
         rec["put_rtt_p50_ms"] = round(percentile(rtt, 50), 1)
-        rec["cpu_s_per_1000_changes"] = round((cpu1 - cpu0) * 1000 / changes, 1)
-        rec["cpu_with_children_s_per_1000_changes"] = round((cpu1_all - cpu0_all) * 1000 / changes, 1)
+        rec["cpu_s_per_1000_changes"] = round((cpu1 - cpu0) * 1000 / len(lat), 1)
+        rec["cpu_with_children_s_per_1000_changes"] = round((cpu1_all - cpu0_all) * 1000 / len(lat), 1)
         rec["peak_rss_mb"] = round(rss, 1)
         fl = mode.floor(api)
         rec["floor_p50_ms"] = round(percentile(fl, 50), 1)
@@ -537,6 +543,8 @@ def common_args(cold_start_limit):
     ap.add_argument("--quiet-load", type=float, default=0,
                     help="before each proxy's run, wait until the 1-minute load average is below this (0: do not wait)")
     ap.add_argument("--quiet-wait", type=int, default=600, help="... for at most this many seconds")
+    ap.add_argument("--changes-limit", type=int, default=0,
+                    help="stop making changes after this many seconds (0: make them all)")
     return ap
 
 
@@ -619,7 +627,8 @@ def main():
         kubeconfig = os.path.join(cpdir, "admin.kubeconfig")
         for which in a.proxies.split(","):
             rec = run_one(lambda netns: Iptables(which, a.iptables, netns, n, a.endpoints), n, a.changes,
-                          api, kubeconfig, cpdir, a.cold_start_limit, (a.quiet_load, a.quiet_wait))
+                          api, kubeconfig, cpdir, a.cold_start_limit, (a.quiet_load, a.quiet_wait),
+                          a.changes_limit)
             print(f"N={n} {which}: {rec}", flush=True)
             records += as_records(rec, which, f"iptables-{a.iptables}", n, a.endpoints, machine)
     stem = os.path.join(a.out, f"compare-iptables-{a.iptables}{a.suffix}")

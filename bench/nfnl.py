@@ -18,6 +18,7 @@ kernel directly, from a socket opened inside the proxy's network namespace:
 Keys and data are the kernel's bytes: each field of a concatenation padded
 to 4 bytes (see `concat`). Only reads; nothing here changes the ruleset.
 """
+import contextlib
 import ctypes
 import errno
 import os
@@ -95,24 +96,27 @@ def setns(path):
         os.close(fd)
 
 
-def enter(netns):
-    """A subprocess preexec_fn that runs the child in `netns` (setns only, as
-    a proxy's own child would be: no `ip netns exec` mount namespace)."""
-    return lambda: setns(f"/run/netns/{netns}")
+@contextlib.contextmanager
+def inside(netns):
+    """This thread in network namespace `netns` for the block: sockets made
+    and children started there live there (setns only, as a proxy's own
+    children: no `ip netns exec` mount namespace, no extra process)."""
+    own = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        if netns:
+            setns(f"/run/netns/{netns}")
+        yield
+    finally:
+        if netns:
+            setns(f"/proc/self/fd/{own}")
+        os.close(own)
 
 
 class Nfnl:
     def __init__(self, netns=None):
-        own = os.open("/proc/self/ns/net", os.O_RDONLY)
-        try:
-            if netns:
-                setns(f"/run/netns/{netns}")
+        with inside(netns):
             # The socket stays in the namespace it was made in.
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        finally:
-            if netns:
-                setns(f"/proc/self/fd/{own}")
-            os.close(own)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
         self.sock.bind((0, 0))
         self.seq = 0
