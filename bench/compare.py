@@ -8,6 +8,7 @@ neither touches the host's rules and they do not compete for the 2 cores.
 Usage: compare.py [--sizes 1000,10000] [--endpoints 5] [--changes 30]
                   [--proxies rs,upstream] [--out bench/results]
                   [--iptables nft|legacy] [--cold-start-limit 1800]
+                  [--changes-limit SECONDS] [--quiet-load LOAD --quiet-wait SECONDS]
 
 Per proxy x size it measures, from outside the proxy:
   cold_start_s      process start -> KUBE-SERVICES holds a jump for every
@@ -32,7 +33,11 @@ Per proxy x size it measures, from outside the proxy:
   first_packet_first_ms / first_packet_last_ms  median TCP connect time (new
                     connection, so the first packet walks KUBE-SERVICES) to the
                     Service whose rule is first in KUBE-SERVICES and to the one
-                    whose rule is last; both pointed at one local listener
+                    whose rule is last; both pointed at one local listener, one
+                    client alternating between the two, 1,000 connects each
+  cpu_with_children_s_per_1000_changes  (JSON only) the same, plus the CPU of
+                    the proxy's iptables-restore processes
+  put_rtt_p50_ms    (JSON only) the PUT's own round trip, part of the latency
 Both run with --min-sync-period 0s (upstream: --iptables-min-sync-period=0s).
 Results: JSON (one record per proxy x mode x N x metric), a Markdown table and,
 when matplotlib is available, a PNG chart of latency vs N.
@@ -120,11 +125,14 @@ def socat_forward(netns, port, target="127.0.0.1"):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def proc(pid):
+def proc(pid, children=False):
+    """Peak RSS (MB) and CPU seconds of the process; with children, plus the
+    CPU of the children it has waited for (its nft / iptables-restore runs)."""
     st = open(f"/proc/{pid}/status").read()
     hwm = int(re.search(r"VmHWM:\s+(\d+)", st).group(1))
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return hwm / 1024, (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = sum(int(x) for x in f[11:15 if children else 13])
+    return hwm / 1024, ticks / os.sysconf("SC_CLK_TCK")
 
 
 def ipt(flavor, tool):
@@ -270,15 +278,11 @@ def vip_of(save, i):
     return re.search(r"-d (\S+?)(/32)? ", line).group(1)
 
 
-def first_packet(netns, flavor, api, n, reps=300):
-    """Median connect time to the Service first in KUBE-SERVICES and to the
-    last one, both sent to one listener at 10.254.0.1:8080 in the namespace."""
-    jumps = service_jumps(netns, flavor)
-    picks = {}
-    for where, line in (("first", jumps[0]), ("last", jumps[-1])):
-        m_ = re.search(rf'{NS}/svc-(\d+):http cluster IP', line)
-        vip = re.search(r"-d (\S+?)(/32)? ", line).group(1)
-        picks[where] = (int(m_.group(1)), vip)
+def first_packet(netns, api, picks, reps=1000):
+    """Median connect time to each picked Service ({"first": (i, vip),
+    "last": (i, vip)}), all sent to one listener at 10.254.0.1:8080 in the
+    namespace. One client alternates between the VIPs, so both medians see
+    the same machine (the host is shared)."""
     route_for_vips(netns)
     sh(["ip", "-n", netns, "addr", "replace", "10.254.0.1/32", "dev", "lo"])
     server = subprocess.Popen(
@@ -292,134 +296,224 @@ def first_packet(netns, flavor, api, n, reps=300):
             sl = api.call("GET", path)
             sl["endpoints"] = [{"addresses": ["10.254.0.1"], "conditions": {"ready": True}}]
             api.call("PUT", path, sl)
-        # Client: new connection each time (the first packet of each walks
-        # the nat table); a rule not yet in place shows as refused/timeouts.
+        # Client: a new connection each time (the first packet of each is
+        # dispatched by the rules); a rule not yet in place shows as
+        # refused/timeouts. The first fifth of each list is warm-up.
         client = ("import socket,sys,time,statistics\n"
-                  "vip=sys.argv[1];n=int(sys.argv[2]);ok=[];t_end=time.time()+30\n"
-                  "while len(ok)<n and time.time()<t_end:\n"
-                  " s=socket.socket();s.settimeout(1)\n"
-                  " t=time.perf_counter()\n"
-                  " try:\n  s.connect((vip,80));ok.append(time.perf_counter()-t)\n"
-                  " except OSError:\n  time.sleep(0.05)\n"
-                  " s.close()\n"
-                  "print(statistics.median(ok[len(ok)//5:])*1000 if len(ok)>=n else -1)\n")
-        for where, (i, vip) in picks.items():
-            got = float(sh(["ip", "netns", "exec", netns, sys.executable, "-c", client, vip, str(reps)]).strip())
-            out[f"first_packet_{where}_ms"] = round(got, 3) if got >= 0 else None
+                  "vips=sys.argv[2:];n=int(sys.argv[1]);ok={v:[] for v in vips};t_end=time.time()+60\n"
+                  "while min(map(len,ok.values()))<n and time.time()<t_end:\n"
+                  " for v in vips:\n"
+                  "  s=socket.socket();s.settimeout(1)\n"
+                  "  t=time.perf_counter()\n"
+                  "  try:\n   s.connect((v,80));ok[v].append(time.perf_counter()-t)\n"
+                  "  except OSError:\n   time.sleep(0.05)\n"
+                  "  s.close()\n"
+                  "for v in vips:\n"
+                  " l=ok[v];print(statistics.median(l[len(l)//5:])*1000 if len(l)>=n else -1)\n")
+        got = sh(["ip", "netns", "exec", netns, sys.executable, "-c", client, str(reps),
+                  *[vip for _, vip in picks.values()]]).split()
+        for where, ms in zip(picks, got):
+            out[f"first_packet_{where}_ms"] = round(float(ms), 3) if float(ms) >= 0 else None
     finally:
         server.kill()
     return out
 
 
-def run_one(which, n, m, changes, api, kubeconfig, flavor, workdir, limit):
+class Iptables:
+    """A proxy in iptables mode as this script measures it (run_one drives
+    it): how it starts, when it is programmed (a jump in KUBE-SERVICES per
+    Service), how a change is seen, its floor, its first and last Service."""
+
+    poll_s = 0.1
+
+    def __init__(self, which, flavor, netns, n, m):
+        self.which, self.flavor, self.netns, self.n, self.m = which, flavor, netns, n, m
+        self.tag = which
+        self.proxy = "kube-proxy-rs" if which == "rs" else "kube-proxy"
+        self.mode = f"iptables-{flavor}"
+        # iptables-legacy: `iptables -S <chain>` reads and parses the whole
+        # table (0.2 s at 10,000 Services) under the xtables lock, so polling
+        # with it delays the very restore it waits for. There the slice keeps
+        # only the new endpoint and new connections to the VIP show when the
+        # rule takes traffic. Legacy rewrites the whole table per restore.
+        self.by_traffic = flavor == "legacy"
+        # Processes started in the namespace for the measurement.
+        self.helpers = []
+        self.save = ""
+
+    def start(self, kubeconfig, log):
+        return start_proxy(self.which, self.netns, kubeconfig, self.flavor, log)
+
+    def programmed(self):
+        return len(service_jumps(self.netns, self.flavor)) >= self.n
+
+    def progress(self):
+        return f"{len(service_jumps(self.netns, self.flavor))}/{self.n} Services"
+
+    def ready(self, api):
+        self.save = save_nat(self.netns, self.flavor)
+
+    def begin_changes(self):
+        if self.by_traffic:
+            route_for_vips(self.netns)
+            self.helpers.append(subprocess.Popen(["ip", "netns", "exec", self.netns, sys.executable, "-c", LISTENER]))
+
+    def service(self, k, run):
+        i = (k * 7919) % self.n
+        # Cut to one endpoint below: each run takes other Services, so every
+        # proxy measures the same 5 -> 1 change.
+        return (i + run * 104729) % self.n if self.by_traffic else i
+
+    def arm(self, i, new_ip, sl):
+        """Before slice `sl` (its endpoint 0 now new_ip) is PUT: gets ready
+        to see the change; returns wait(deadline) -> seen."""
+        if self.by_traffic:
+            sl["endpoints"] = sl["endpoints"][:1]
+            sh(["ip", "-n", self.netns, "addr", "add", f"{new_ip}/32", "dev", "lo"])
+            probe = subprocess.Popen(["ip", "netns", "exec", self.netns, sys.executable, "-c", TRAFFIC_PROBE,
+                                      vip_of(self.save, i), "60"], stdout=subprocess.PIPE, text=True)
+            self.helpers.append(probe)
+            armed = probe.stdout.readline().strip()
+            if armed != "armed":
+                raise RuntimeError(f"traffic probe for svc-{i}: {armed!r}")
+
+            def seen(deadline):
+                found = probe.stdout.readline().strip() == "found"
+                probe.wait()
+                return found
+            return seen
+        # Upstream leaves comments out past 1,000 endpoints, so the change
+        # is seen as a new set of KUBE-SEP jumps in the service's chain.
+        chain = svc_chain(self.save, i)
+        before = sep_targets(self.netns, self.flavor, chain)
+
+        def polled(deadline):
+            while time.monotonic() < deadline:
+                if sep_targets(self.netns, self.flavor, chain) != before:
+                    return True
+                time.sleep(0.005)
+            return False
+        return polled
+
+    def floor(self, api):
+        return floor_ms(self.netns, self.flavor, svc_chain(self.save, 1), 1, self.m, self.n * self.m > 1000)
+
+    def picks(self):
+        """The Services whose rules are first and last in KUBE-SERVICES."""
+        picks = {}
+        jumps = service_jumps(self.netns, self.flavor)
+        for where, line in (("first", jumps[0]), ("last", jumps[-1])):
+            m_ = re.search(rf'{NS}/svc-(\d+):http cluster IP', line)
+            vip = re.search(r"-d (\S+?)(/32)? ", line).group(1)
+            picks[where] = (int(m_.group(1)), vip)
+        return picks
+
+    def extras(self):
+        return {}
+
+    def close(self):
+        for h in self.helpers:
+            if h.poll() is None:
+                h.kill()
+                h.wait()
+        self.helpers = []
+
+
+def wait_quiet(load, most):
+    """Waits up to `most` seconds for the 1-minute load average to fall
+    below `load` (the host may be shared); returns the load at the end."""
+    t = time.monotonic()
+    while os.getloadavg()[0] >= load and time.monotonic() - t < most:
+        time.sleep(5)
+    return os.getloadavg()[0]
+
+
+def run_one(make, n, changes, api, kubeconfig, workdir, limit, quiet=(None, 0), changes_limit=None):
+    """One proxy x size run, measured from outside the proxy; `make(netns)`
+    gives the mode object (see Iptables) for the fresh namespace. With
+    quiet=(load, seconds), waits first for the host to be that quiet; with
+    changes_limit (seconds), stops making changes after that long."""
+    if quiet[0]:
+        print(f"load {wait_quiet(*quiet):.2f} at start", flush=True)
     RUNS[0] += 1
-    netns = f"kprs-bench-{which}-{os.getpid()}"
+    netns = f"kprs-bench-{RUNS[0]}-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
     fwd = socat_forward(netns, api.port)
-    log = open(os.path.join(workdir, f"{which}-{n}.log"), "w")
+    mode = make(netns)
+    log = open(os.path.join(workdir, f"{mode.tag}-{n}.log"), "w")
     rec = {}
-    # Processes started in the namespace for the measurement (killed at the end).
-    helpers = []
     p = None
     try:
         time.sleep(0.5)
         t0 = time.monotonic()
-        p = start_proxy(which, netns, kubeconfig, flavor, log)
-        while True:
-            if len(service_jumps(netns, flavor)) >= n:
+        p = mode.start(kubeconfig, log)
+        done = False
+        while time.monotonic() - t0 <= limit:
+            if mode.programmed():
+                done = time.monotonic() - t0 <= limit
                 break
             if p.poll() is not None:
-                raise SystemExit(f"{which} exited; see {log.name}")
-            if time.monotonic() - t0 > limit:
-                break
-            time.sleep(0.1)
-        if time.monotonic() - t0 > limit:
+                raise SystemExit(f"{mode.tag} exited; see {log.name}")
+            time.sleep(mode.poll_s)
+        if not done:
             # Reported as not reached: no latency figures from a half-programmed table.
             rec["cold_start_s"] = None
-            rec["note"] = f"not fully programmed after {limit} s"
-            rss, _ = proc(p.pid)
-            rec["peak_rss_mb"] = round(rss, 1)
-            p.kill()
-            p.wait()
+            rec["note"] = f"not fully programmed after {limit} s ({mode.progress()})"
+            rec["peak_rss_mb"] = round(proc(p.pid)[0], 1)
             return rec
         rec["cold_start_s"] = round(time.monotonic() - t0, 2)
-        save = save_nat(netns, flavor)
+        mode.ready(api)
         time.sleep(3)
+        mode.begin_changes()
         # Programming latency: replace one endpoint of service i, wait for it.
-        lat, missed = [], 0
-        by_traffic = flavor == "legacy"
-        if by_traffic:
-            route_for_vips(netns)
-            listener = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", LISTENER])
-            helpers.append(listener)
+        lat, rtt, missed = [], [], 0
+        load0 = os.getloadavg()[0]
         _, cpu0 = proc(p.pid)
+        _, cpu0_all = proc(p.pid, children=True)
+        t_changes = time.monotonic()
         for k in range(changes):
-            i = (k * 7919) % n
-            if by_traffic:
-                # Cut to one endpoint below: each run takes other Services,
-                # so every proxy measures the same 5 -> 1 change.
-                i = (i + RUNS[0] * 104729) % n
-            chain = svc_chain(save, i)
+            if changes_limit and k and time.monotonic() - t_changes > changes_limit:
+                rec["note"] = f"{k} of {changes} changes made within {changes_limit} s"
+                break
+            i = mode.service(k, RUNS[0])
             # Unique per run: the proxies share the cluster, and a PUT that
             # changes nothing produces no event.
             new_ip = f"10.{200 + RUNS[0]}.{k // 250}.{k % 250 + 1}"
             path = f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices/svc-{i}-abcde"
             sl = api.call("GET", path)
             sl["endpoints"][0]["addresses"] = [new_ip]
-            if by_traffic:
-                # iptables-legacy: `iptables -S <chain>` reads and parses the
-                # whole table (0.2 s at 10,000 Services) under the xtables
-                # lock, so polling with it delays the very restore it waits
-                # for. Instead the slice keeps only the new endpoint and new
-                # connections to the VIP show when the rule takes traffic.
-                # Legacy rewrites the whole table per restore either way.
-                sl["endpoints"] = sl["endpoints"][:1]
-                sh(["ip", "-n", netns, "addr", "add", f"{new_ip}/32", "dev", "lo"])
-                probe = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", TRAFFIC_PROBE,
-                                          vip_of(save, i), "60"], stdout=subprocess.PIPE, text=True)
-                helpers.append(probe)
-                armed = probe.stdout.readline().strip()
-                if armed != "armed":
-                    raise RuntimeError(f"traffic probe for svc-{i}: {armed!r}")
-                t = time.monotonic()
-                api.call("PUT", path, sl)
-                found = probe.stdout.readline().strip() == "found"
-                lat.append((time.monotonic() - t) * 1000)
-                missed += not found
-                probe.wait()
-            else:
-                # Upstream leaves comments out past 1,000 endpoints, so the change
-                # is seen as a new set of KUBE-SEP jumps in the service's chain.
-                before = sep_targets(netns, flavor, chain)
-                t = time.monotonic()
-                api.call("PUT", path, sl)
-                while time.monotonic() - t < 60:
-                    if sep_targets(netns, flavor, chain) != before:
-                        break
-                    time.sleep(0.005)
-                lat.append((time.monotonic() - t) * 1000)
+            seen = mode.arm(i, new_ip, sl)
+            t = time.monotonic()
+            api.call("PUT", path, sl)
+            rtt.append((time.monotonic() - t) * 1000)
+            missed += not seen(t + 60)
+            lat.append((time.monotonic() - t) * 1000)
+            rec.setdefault("latency_samples_ms", []).append(round(lat[-1], 1))
             time.sleep(0.2)
-        for h in helpers:
-            h.kill()
-            h.wait()
+        mode.close()
+        # The host may be shared: how busy it was around the changes.
+        rec["loadavg_1m_changes"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
         if missed:
-            rec["note"] = f"{missed} changes not seen within 60 s"
+            rec["note"] = " ".join(filter(None, [rec.get("note"), f"{missed} changes not seen within 60 s"]))
         rss, cpu1 = proc(p.pid)
+        _, cpu1_all = proc(p.pid, children=True)
         rec["latency_p50_ms"] = round(percentile(lat, 50), 1)
         rec["latency_p99_ms"] = round(percentile(lat, 99), 1)
-        rec["cpu_s_per_1000_changes"] = round((cpu1 - cpu0) * 1000 / changes, 1)
+        # The PUT's own round trip (API server and etcd), inside the latency.
+        rec["put_rtt_p50_ms"] = round(percentile(rtt, 50), 1)
+        rec["cpu_s_per_1000_changes"] = round((cpu1 - cpu0) * 1000 / len(lat), 1)
+        rec["cpu_with_children_s_per_1000_changes"] = round((cpu1_all - cpu0_all) * 1000 / len(lat), 1)
         rec["peak_rss_mb"] = round(rss, 1)
-        fl = floor_ms(netns, flavor, svc_chain(save, 1), 1, m, n * m > 1000)
+        fl = mode.floor(api)
         rec["floor_p50_ms"] = round(percentile(fl, 50), 1)
         rec["floor_p99_ms"] = round(percentile(fl, 99), 1)
-        rec.update(first_packet(netns, flavor, api, n))
-        p.kill()
-        p.wait()
+        rec.update(first_packet(netns, api, mode.picks()))
+        rec.update(mode.extras())
     finally:
-        for h in helpers + [p] * (p is not None):
-            if h.poll() is None:
-                h.kill()
-                h.wait()
+        mode.close()
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
         fwd.kill()
         subprocess.run(["ip", "netns", "del", netns])
     return rec
@@ -446,6 +540,11 @@ def common_args(cold_start_limit):
     ap.add_argument("--suffix", default="", help="appended to the result files' names")
     ap.add_argument("--cold-start-limit", type=int, default=cold_start_limit,
                     help="seconds a proxy may take to program everything before it is reported as not done")
+    ap.add_argument("--quiet-load", type=float, default=0,
+                    help="before each proxy's run, wait until the 1-minute load average is below this (0: do not wait)")
+    ap.add_argument("--quiet-wait", type=int, default=600, help="... for at most this many seconds")
+    ap.add_argument("--changes-limit", type=int, default=0,
+                    help="stop making changes after this many seconds (0: make them all)")
     return ap
 
 
@@ -499,6 +598,22 @@ def prepare(build=("cargo", "build", "--release", "--quiet")):
     sh(["bash", os.path.join(ROOT, "scripts/k8s/build.sh")])
 
 
+def clusters(sizes, m):
+    """For each size, a fresh control plane holding n Services x m
+    endpoints: yields (n, api, its directory); stopped after each."""
+    for n in sizes:
+        cpdir = tempfile.mkdtemp(prefix="kprs-bench-cp-")
+        sh(["bash", os.path.join(ROOT, "scripts/k8s/controlplane.sh"), "start", cpdir])
+        try:
+            api = Api(cpdir)
+            t = time.monotonic()
+            create_all(api, n, m)
+            print(f"N={n}: created {n} Services + slices in {time.monotonic() - t:.0f}s", flush=True)
+            yield n, api, cpdir
+        finally:
+            subprocess.run(["bash", os.path.join(ROOT, "scripts/k8s/controlplane.sh"), "stop", cpdir])
+
+
 def main():
     ap = common_args(cold_start_limit=1800)
     ap.add_argument("--iptables", default="nft")
@@ -508,22 +623,14 @@ def main():
     prepare()
     machine = f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB, kernel {platform.release()}, {sh([ipt(a.iptables, ''), '--version']).strip()}"
     records = []
-    for n in [int(x) for x in a.sizes.split(",")]:
-        cpdir = tempfile.mkdtemp(prefix="kprs-bench-cp-")
-        sh(["bash", os.path.join(ROOT, "scripts/k8s/controlplane.sh"), "start", cpdir])
-        try:
-            api = Api(cpdir)
-            t = time.monotonic()
-            create_all(api, n, a.endpoints)
-            print(f"N={n}: created {n} Services + slices in {time.monotonic() - t:.0f}s", flush=True)
-            kubeconfig = os.path.join(cpdir, "admin.kubeconfig")
-            for which in a.proxies.split(","):
-                rec = run_one(which, n, a.endpoints, a.changes, api, kubeconfig, a.iptables, cpdir,
-                              a.cold_start_limit)
-                print(f"N={n} {which}: {rec}", flush=True)
-                records += as_records(rec, which, f"iptables-{a.iptables}", n, a.endpoints, machine)
-        finally:
-            subprocess.run(["bash", os.path.join(ROOT, "scripts/k8s/controlplane.sh"), "stop", cpdir])
+    for n, api, cpdir in clusters([int(x) for x in a.sizes.split(",")], a.endpoints):
+        kubeconfig = os.path.join(cpdir, "admin.kubeconfig")
+        for which in a.proxies.split(","):
+            rec = run_one(lambda netns: Iptables(which, a.iptables, netns, n, a.endpoints), n, a.changes,
+                          api, kubeconfig, cpdir, a.cold_start_limit, (a.quiet_load, a.quiet_wait),
+                          a.changes_limit)
+            print(f"N={n} {which}: {rec}", flush=True)
+            records += as_records(rec, which, f"iptables-{a.iptables}", n, a.endpoints, machine)
     stem = os.path.join(a.out, f"compare-iptables-{a.iptables}{a.suffix}")
     if a.keep_other_proxies and os.path.exists(stem + ".json"):
         ran = {"kube-proxy-rs" if w == "rs" else "kube-proxy" for w in a.proxies.split(",")}
@@ -544,15 +651,16 @@ def as_records(rec, which, mode, n, m, machine):
              "kubernetes": K8S_VERSION, "date": time.strftime("%Y-%m-%d")} for metric, value in rec.items()]
 
 
-def write_results(records, stem, header, metrics, judge):
+def write_results(records, stem, header, metrics, judge, by_mode=False):
     """JSON (the records as they are), a Markdown table with the targets'
-    verdicts (judge(rows) -> lines) and a PNG chart of latency vs N."""
+    verdicts (judge(rows) -> lines) and a PNG chart of latency vs N. Rows
+    are per proxy, or with by_mode per proxy and mode ("kube-proxy nftables")."""
     os.makedirs(os.path.dirname(stem), exist_ok=True)
     with open(stem + ".json", "w") as fh:
         json.dump(records, fh, indent=1)
     rows = {}
     for r in records:
-        row = rows.setdefault((r["services"], r["proxy"]), {})
+        row = rows.setdefault((r["services"], f"{r['proxy']} {r['mode']}" if by_mode else r["proxy"]), {})
         row[r["metric"]] = r["value"]
         row["date"] = r["date"]
     metrics = [*metrics, "date"]
