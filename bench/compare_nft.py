@@ -16,7 +16,7 @@ Measured from outside the proxy, per proxy x size:
                     map `cluster-groups` of table `ip kube-proxy-rs` holds the
                     VIP tuple of every Service (-> goto cN; the kernel refuses
                     a goto to a missing chain, and the proxy writes the Service's
-                    `vips` and `cluster-eps` elements in the same transaction).
+                    `vips` and `cluster-eps-tcp` elements in the same transaction).
                     Upstream nftables: map `service-ips` of `ip kube-proxy` holds
                     every Service (-> goto its service chain, written in the same
                     transaction as its endpoint chains). Both counted by a netlink
@@ -27,7 +27,7 @@ Measured from outside the proxy, per proxy x size:
                     polled every 1 ms over netlink (no nft process: nft 1.0.6
                     fetches every element of the table for `nft get element`,
                     1.2-3.4 s at 10,000): kube-proxy-rs, the Service's
-                    `cluster-eps` elements (one GETSETELEM of its 5 keys) hold the
+                    `cluster-eps-tcp` elements (one GETSETELEM of its 5 keys) hold the
                     new address; upstream nftables, its endpoint chain
                     `endpoint-<hash>-bench/svc-i/tcp/http__<ip>/8080` exists (one
                     GETCHAIN; it is created in the transaction that rewrites the
@@ -35,7 +35,7 @@ Measured from outside the proxy, per proxy x size:
                     (`iptables -S <KUBE-SVC chain>` every 5 ms).
   floor_ms p50/p99  the bare cost of the same change by hand, at that size, in
                     the proxy's namespace, 10 times: kube-proxy-rs, one `nft -f -`
-                    deleting and adding the Service's 5 `cluster-eps` elements and
+                    deleting and adding the Service's 5 `cluster-eps-tcp` elements and
                     one `hairpin` pair (what its transaction for this change
                     holds); upstream nftables, one `nft -f -` of its change: the
                     Service's chain flushed and rewritten, its 5 endpoint chains
@@ -59,7 +59,7 @@ Measured from outside the proxy, per proxy x size:
   check_list_ms     (kube-proxy-rs, JSON only) `nft -t list table ip kube-proxy-rs`,
                     what its periodic check runs
   state_check       (kube-proxy-rs, JSON only) at the end, every Service's
-                    cluster-eps buckets (one dump) against its slice in the API
+                    cluster-eps-tcp buckets (one dump) against its slice in the API
 A proxy that is not fully programmed within --cold-start-limit is reported so,
 with how far it got, and gives no further figures.
 Results: bench/results/compare-nftables{suffix}.{json,md,png}.
@@ -197,9 +197,9 @@ class RsNft(Nft):
     flags = ["--min-sync-period", "0s"]
 
     def ready(self, api):
-        counts = {mp: self.count(mp) for mp in ("vips", "cluster-groups", "cluster-eps")}
+        counts = {mp: self.count(mp) for mp in ("vips", "cluster-groups", "cluster-eps-tcp")}
         self.extra["programmed_check"] = " ".join(f"{k}={v}" for k, v in counts.items())
-        if counts["vips"] < self.n or counts["cluster-eps"] < self.n * self.m:
+        if counts["vips"] < self.n or counts["cluster-eps-tcp"] < self.n * self.m:
             raise RuntimeError(f"kube-proxy-rs: cluster-groups full but {counts}")
         # The first and last Service's buckets hold their endpoints, in
         # upstream's order (by the ip:port string).
@@ -209,11 +209,11 @@ class RsNft(Nft):
                 raise RuntimeError(f"kube-proxy-rs: svc-{i} buckets {self.eps(i)}, expected {want}")
 
     def keys(self, i):
-        return [concat(vip(i, self.m), ("proto", "tcp"), ("port", 80), ("u32", b)) for b in range(self.m)]
+        return [concat(vip(i, self.m), ("port", 80), ("u32", b)) for b in range(self.m)]
 
     def eps(self, i):
         """The addresses in the Service's cluster-eps buckets, in bucket order."""
-        got = self.socket().get_elements("ip", self.table, "cluster-eps", self.keys(i))
+        got = self.socket().get_elements("ip", self.table, "cluster-eps-tcp", self.keys(i))
         return [socket.inet_ntoa(got[k][:4]) for k in self.keys(i) if k in got]
 
     def arm(self, i, new_ip, sl):
@@ -223,10 +223,10 @@ class RsNft(Nft):
         """One Service's buckets from `old` to `new` addresses and its first
         endpoint's hairpin pair, as one transaction."""
         t = f"ip {self.table}"
-        k = [f"{vip(i, self.m)} . tcp . 80 . {b}" for b in range(self.m)]
-        return (f"delete element {t} cluster-eps {{ {', '.join(k)} }}\n"
+        k = [f"{vip(i, self.m)} . 80 . {b}" for b in range(self.m)]
+        return (f"delete element {t} cluster-eps-tcp {{ {', '.join(k)} }}\n"
                 f"delete element {t} hairpin {{ {old[0]} . {old[0]} }}\n"
-                f"add element {t} cluster-eps {{ {', '.join(f'{x} : {a} . 8080' for x, a in zip(k, new))} }}\n"
+                f"add element {t} cluster-eps-tcp {{ {', '.join(f'{x} : {a} . 8080' for x, a in zip(k, new))} }}\n"
                 f"add element {t} hairpin {{ {new[0]} . {new[0]} }}\n")
 
     def floor(self, api):
@@ -273,9 +273,10 @@ class RsNft(Nft):
             i = int(sl["metadata"]["name"].split("-")[1])
             want[vip(i, self.m)] = sorted(f"{e['addresses'][0]}:8080" for e in sl["endpoints"])
         have = {}
-        for key, data in self.socket().dump_elements("ip", self.table, "cluster-eps"):
+        for key, data in self.socket().dump_elements("ip", self.table, "cluster-eps-tcp"):
             ep = f"{socket.inet_ntoa(data[:4])}:{int.from_bytes(data[4:6], 'big')}"
-            have.setdefault(socket.inet_ntoa(key[:4]), {})[int.from_bytes(key[12:16], sys.byteorder)] = ep
+            # (VIP . port . bucket): 4 + 4 (the port, padded) + 4 bytes.
+            have.setdefault(socket.inet_ntoa(key[:4]), {})[int.from_bytes(key[8:12], sys.byteorder)] = ep
         wrong = [v for v, eps in want.items() if have.get(v, {}) != dict(enumerate(eps))]
         self.extra["state_check"] = (f"all {len(want)} Services' buckets match the API" if not wrong else
                                      f"{len(wrong)} of {len(want)} Services differ from the API, e.g. {wrong[:3]}")
