@@ -24,6 +24,7 @@
 //! the same tuple took its place.
 
 use crate::model::Family;
+use crate::xtables::nfnl::{attrs, messages, nest, put};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// `NFNL_SUBSYS_CTNETLINK` (linux/netfilter/nfnetlink.h).
@@ -59,15 +60,11 @@ const CTA_FILTER_ORIG_FLAGS: u16 = 1;
 /// original tuple's protocol only.
 const CTA_FILTER_FLAG_PROTO_NUM: u32 = 1 << 3;
 
-const NLA_F_NESTED: u16 = 1 << 15;
-const NLA_TYPE_MASK: u16 = 0x3fff;
-
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
 
 const AF_INET: u8 = 2;
@@ -115,25 +112,6 @@ fn af(f: Family) -> u8 {
         Family::V4 => AF_INET,
         Family::V6 => AF_INET6,
     }
-}
-
-fn put(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
-    buf.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    while !buf.len().is_multiple_of(4) {
-        buf.push(0);
-    }
-}
-
-/// A nested attribute whose contents `f` writes.
-fn nest(buf: &mut Vec<u8>, ty: u16, f: impl FnOnce(&mut Vec<u8>)) {
-    let start = buf.len();
-    buf.extend_from_slice(&[0, 0]);
-    buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-    f(buf);
-    let len = (buf.len() - start) as u16;
-    buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
 }
 
 /// nlmsghdr + nfgenmsg; the length is set by [`finish`].
@@ -255,32 +233,6 @@ pub enum Answer {
     Error { seq: u32, errno: i32 },
 }
 
-fn u16_at(b: &[u8], i: usize) -> u16 {
-    u16::from_ne_bytes([b[i], b[i + 1]])
-}
-
-fn u32_at(b: &[u8], i: usize) -> u32 {
-    u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
-}
-
-/// The attributes in `b`: (type without flags, payload).
-fn attrs(b: &[u8]) -> Result<Vec<(u16, &[u8])>, String> {
-    let mut out = Vec::new();
-    let mut j = 0;
-    while j + 4 <= b.len() {
-        let len = u16_at(b, j) as usize;
-        if len < 4 || j + len > b.len() {
-            return Err(format!(
-                "attribute of {len} bytes at {j} overruns its {} bytes",
-                b.len()
-            ));
-        }
-        out.push((u16_at(b, j + 2) & NLA_TYPE_MASK, &b[j + 4..j + len]));
-        j += (len + 3) & !3;
-    }
-    Ok(out)
-}
-
 fn find<'a>(a: &[(u16, &'a [u8])], ty: u16) -> Option<&'a [u8]> {
     a.iter().find(|(t, _)| *t == ty).map(|(_, v)| *v)
 }
@@ -357,23 +309,13 @@ fn entry(b: &[u8]) -> Result<Option<Entry>, String> {
 /// skipped.
 pub fn parse(buf: &[u8]) -> Result<Vec<Answer>, String> {
     let mut out = Vec::new();
-    let mut i = 0;
-    while i + NLMSG_HDRLEN <= buf.len() {
-        let len = u32_at(buf, i) as usize;
-        if len < NLMSG_HDRLEN || i + len > buf.len() {
-            return Err(format!(
-                "netlink message of {len} bytes at {i} overruns {}",
-                buf.len()
-            ));
-        }
-        let ty = u16_at(buf, i + 4);
-        let seq = u32_at(buf, i + 8);
-        let body = &buf[i + NLMSG_HDRLEN..i + len];
+    for m in messages(buf)? {
+        let (seq, body) = (m.seq, m.body);
         let errno = || -> Result<i32, String> {
             let e = body.get(..4).ok_or("short netlink error or done message")?;
             Ok(i32::from_ne_bytes([e[0], e[1], e[2], e[3]]).saturating_neg())
         };
-        match ty {
+        match m.ty {
             NLMSG_DONE => out.push(Answer::Done {
                 seq,
                 // The kernel writes a status (0) after a dump; tolerate none.
@@ -391,7 +333,6 @@ pub fn parse(buf: &[u8]) -> Result<Vec<Answer>, String> {
             }
             _ => {}
         }
-        i += (len + 3) & !3;
     }
     Ok(out)
 }

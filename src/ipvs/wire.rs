@@ -8,6 +8,7 @@
 //! are a 16-byte `union nf_inet_addr` (IPv4 in the first 4 bytes).
 
 use crate::model::{Family, Protocol};
+use crate::xtables::nfnl::put;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub const GENL_NAME: &str = "IPVS";
@@ -120,16 +121,6 @@ pub struct DestStats {
     pub active: u32,
     pub inactive: u32,
     pub persistent: u32,
-}
-
-fn put(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    while !buf.len().is_multiple_of(4) {
-        buf.push(0);
-    }
 }
 
 fn addr16(ip: &IpAddr) -> [u8; 16] {

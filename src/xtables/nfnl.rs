@@ -1,6 +1,8 @@
 //! A netfilter netlink (NETLINK_NETFILTER) socket: send a request buffer,
-//! read answers with a timeout, EINTR retried. Messages are encoded and
-//! decoded by the callers' pure codecs (ipset entries, nf_tables dumps).
+//! read answers with a timeout, EINTR retried. And what every netlink codec
+//! of the project shares (pure): attributes written and read, and a received
+//! buffer split into messages. The messages themselves are the callers'
+//! (ipset entries, nf_tables dumps, conntrack, IPVS).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -15,6 +17,91 @@ const NETLINK_CAP_ACK: libc::c_int = 10;
 
 /// `NETLINK_NETFILTER` (linux/netlink.h).
 pub const NETLINK_NETFILTER: i32 = 12;
+/// `struct nlmsghdr`'s size.
+pub const NLMSG_HDRLEN: usize = 16;
+/// An attribute holding attributes.
+pub const NLA_F_NESTED: u16 = 1 << 15;
+/// An attribute's type without its flags.
+pub const NLA_TYPE_MASK: u16 = 0x3fff;
+
+pub fn u16_at(b: &[u8], i: usize) -> u16 {
+    u16::from_ne_bytes([b[i], b[i + 1]])
+}
+
+pub fn u32_at(b: &[u8], i: usize) -> u32 {
+    u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// Appends one attribute, padded to 4 bytes.
+pub fn put(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
+    buf.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(payload);
+    while !buf.len().is_multiple_of(4) {
+        buf.push(0);
+    }
+}
+
+/// Appends a nested attribute whose contents `f` writes.
+pub fn nest(buf: &mut Vec<u8>, ty: u16, f: impl FnOnce(&mut Vec<u8>)) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0, 0]);
+    buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+    f(buf);
+    let len = (buf.len() - start) as u16;
+    buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+}
+
+/// One message of a received buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Message<'a> {
+    pub ty: u16,
+    pub flags: u16,
+    pub seq: u32,
+    /// What follows the header.
+    pub body: &'a [u8],
+}
+
+/// The messages in one received buffer; an error when one overruns it.
+pub fn messages(buf: &[u8]) -> Result<Vec<Message<'_>>, String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + NLMSG_HDRLEN <= buf.len() {
+        let len = u32_at(buf, i) as usize;
+        if len < NLMSG_HDRLEN || i + len > buf.len() {
+            return Err(format!(
+                "netlink message of {len} bytes at {i} overruns {}",
+                buf.len()
+            ));
+        }
+        out.push(Message {
+            ty: u16_at(buf, i + 4),
+            flags: u16_at(buf, i + 6),
+            seq: u32_at(buf, i + 8),
+            body: &buf[i + NLMSG_HDRLEN..i + len],
+        });
+        i += (len + 3) & !3;
+    }
+    Ok(out)
+}
+
+/// The attributes in `b`: (type without flags, payload).
+pub fn attrs(b: &[u8]) -> Result<Vec<(u16, &[u8])>, String> {
+    let mut out = Vec::new();
+    let mut j = 0;
+    while j + 4 <= b.len() {
+        let len = u16_at(b, j) as usize;
+        if len < 4 || j + len > b.len() {
+            return Err(format!(
+                "attribute of {len} bytes at {j} overruns its {} bytes",
+                b.len()
+            ));
+        }
+        out.push((u16_at(b, j + 2) & NLA_TYPE_MASK, &b[j + 4..j + len]));
+        j += (len + 3) & !3;
+    }
+    Ok(out)
+}
 
 /// A NETLINK_NETFILTER socket.
 pub struct NfnlSocket {
@@ -151,5 +238,39 @@ impl NfnlSocket {
                 _ => return Err(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_and_messages_round_trip() {
+        let mut body = vec![2u8, 0, 0, 0];
+        put(&mut body, 1, b"abc\0");
+        nest(&mut body, 2, |b| put(b, 3, &7u32.to_be_bytes()));
+        assert_eq!(body.len(), 4 + 8 + 4 + 8);
+        let got = attrs(&body[4..]).unwrap();
+        assert_eq!(got[0], (1, &b"abc\0"[..]));
+        assert_eq!(got[1].0, 2, "NLA_F_NESTED masked");
+        assert_eq!(attrs(got[1].1).unwrap(), vec![(3, &7u32.to_be_bytes()[..])]);
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        buf.extend_from_slice(&0x0a06u16.to_ne_bytes());
+        buf.extend_from_slice(&0x10u16.to_ne_bytes());
+        buf.extend_from_slice(&9u32.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        buf.extend_from_slice(&body);
+        let m = messages(&buf).unwrap();
+        assert_eq!(
+            (m[0].ty, m[0].flags, m[0].seq, m[0].body),
+            (0x0a06, 0x10, 9, &body[..])
+        );
+        assert!(messages(&buf[..buf.len() - 2]).is_err());
+        assert!(
+            attrs(&[9, 0, 1, 0]).is_err(),
+            "an attribute longer than its buffer"
+        );
     }
 }

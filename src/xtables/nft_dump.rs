@@ -5,7 +5,9 @@
 //! 5 to 8 s at 30,000, measured by bench/nft_layout.py). The codec is pure
 //! and byte-tested; [`dump_table`] does the I/O.
 
-use super::nfnl::NfnlSocket;
+use super::nfnl::{attrs, messages, NfnlSocket, NLMSG_HDRLEN};
+#[cfg(test)]
+use super::nfnl::{u16_at, u32_at};
 use crate::model::Family;
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,14 +31,12 @@ const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_DUMP_INTR: u16 = 0x10;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
 /// NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, NFTA_SET_TABLE.
 const ATTR_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_SET_NAME: u16 = 2;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 fn nfproto(f: Family) -> u8 {
     match f {
@@ -84,68 +84,34 @@ pub enum Answer {
     Error { seq: u32, errno: i32 },
 }
 
-fn u16_at(b: &[u8], i: usize) -> u16 {
-    u16::from_ne_bytes([b[i], b[i + 1]])
-}
-
-fn u32_at(b: &[u8], i: usize) -> u32 {
-    u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
-}
-
 /// The messages in one received buffer.
 pub fn parse(buf: &[u8]) -> Result<Vec<Answer>, String> {
+    let errno = |body: &[u8]| match body.get(..4) {
+        Some(b) => -(i32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
+        None => 0,
+    };
     let mut out = Vec::new();
-    let mut i = 0;
-    while i + NLMSG_HDRLEN <= buf.len() {
-        let len = u32_at(buf, i) as usize;
-        if len < NLMSG_HDRLEN || i + len > buf.len() {
-            return Err(format!(
-                "netlink message of {len} bytes at {i} overruns {}",
-                buf.len()
-            ));
+    for m in messages(buf)? {
+        let seq = m.seq;
+        match m.ty {
+            NLMSG_DONE => out.push(Answer::Done {
+                seq,
+                errno: errno(m.body),
+            }),
+            NLMSG_ERROR if m.body.len() < 4 => return Err("short netlink error".into()),
+            NLMSG_ERROR => out.push(Answer::Error {
+                seq,
+                errno: errno(m.body),
+            }),
+            _ => out.push(Answer::Object {
+                seq,
+                attrs: attrs(&m.body[NFGENMSG_LEN.min(m.body.len())..])?
+                    .into_iter()
+                    .map(|(t, v)| (t, v.to_vec()))
+                    .collect(),
+                interrupted: m.flags & NLM_F_DUMP_INTR != 0,
+            }),
         }
-        let ty = u16_at(buf, i + 4);
-        let flags = u16_at(buf, i + 6);
-        let seq = u32_at(buf, i + 8);
-        let body = &buf[i + NLMSG_HDRLEN..i + len];
-        match ty {
-            NLMSG_DONE => {
-                let errno = if body.len() >= 4 {
-                    -(i32::from_ne_bytes([body[0], body[1], body[2], body[3]]))
-                } else {
-                    0
-                };
-                out.push(Answer::Done { seq, errno });
-            }
-            NLMSG_ERROR => {
-                if body.len() < 4 {
-                    return Err("short netlink error".into());
-                }
-                let errno = -(i32::from_ne_bytes([body[0], body[1], body[2], body[3]]));
-                out.push(Answer::Error { seq, errno });
-            }
-            _ => {
-                let mut attrs = Vec::new();
-                let mut j = NFGENMSG_LEN.min(body.len());
-                while j + 4 <= body.len() {
-                    let alen = u16_at(body, j) as usize;
-                    if alen < 4 || j + alen > body.len() {
-                        return Err(format!("attribute of {alen} bytes overruns its message"));
-                    }
-                    attrs.push((
-                        u16_at(body, j + 2) & NLA_TYPE_MASK,
-                        body[j + 4..j + alen].to_vec(),
-                    ));
-                    j += (alen + 3) & !3;
-                }
-                out.push(Answer::Object {
-                    seq,
-                    attrs,
-                    interrupted: flags & NLM_F_DUMP_INTR != 0,
-                });
-            }
-        }
-        i += (len + 3) & !3;
     }
     Ok(out)
 }

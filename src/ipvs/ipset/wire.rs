@@ -18,6 +18,7 @@
 //! entry twice or deleting a missing one succeeds, as `ipset restore -exist`.
 
 use crate::model::Family;
+use crate::xtables::nfnl::{messages, nest, put, NLMSG_HDRLEN};
 use std::net::IpAddr;
 
 /// `NFNL_SUBSYS_IPSET` (linux/netfilter/nfnetlink.h).
@@ -46,13 +47,11 @@ const ADT_CIDR2: u16 = 21;
 const IPADDR_IPV4: u16 = 1;
 const IPADDR_IPV6: u16 = 2;
 
-const NLA_F_NESTED: u16 = 1 << 15;
 const NLA_F_NET_BYTEORDER: u16 = 1 << 14;
 
 pub const NLM_F_REQUEST: u16 = 0x1;
 pub const NLM_F_ACK: u16 = 0x4;
 const NLMSG_ERROR: u16 = 2;
-const NLMSG_HDRLEN: usize = 16;
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -272,25 +271,6 @@ pub fn parse_entry(ty: SetType, family: Family, entry: &str) -> Result<Entry, St
     })
 }
 
-fn put(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
-    buf.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    while !buf.len().is_multiple_of(4) {
-        buf.push(0);
-    }
-}
-
-/// A nested attribute whose contents `f` writes.
-fn nest(buf: &mut Vec<u8>, ty: u16, f: impl FnOnce(&mut Vec<u8>)) {
-    let start = buf.len();
-    buf.extend_from_slice(&[0, 0]);
-    buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-    f(buf);
-    let len = (buf.len() - start) as u16;
-    buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-}
-
 fn put_addr(buf: &mut Vec<u8>, ty: u16, ip: &IpAddr) {
     nest(buf, ty, |b| match ip {
         IpAddr::V4(a) => put(b, IPADDR_IPV4 | NLA_F_NET_BYTEORDER, &a.octets()),
@@ -387,27 +367,15 @@ pub struct Reply {
 /// message types are skipped.
 pub fn parse_replies(buf: &[u8]) -> Result<Vec<Reply>, String> {
     let mut out = Vec::new();
-    let mut i = 0;
-    while i + NLMSG_HDRLEN <= buf.len() {
-        let h = &buf[i..];
-        let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
-        if len < NLMSG_HDRLEN || i + len > buf.len() {
-            return Err(format!("bad netlink message length {len} at offset {i}"));
-        }
-        let ty = u16::from_ne_bytes([h[4], h[5]]);
-        let seq = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
-        if ty == NLMSG_ERROR {
-            let e = h
-                .get(16..20)
-                .filter(|_| len >= 20)
-                .ok_or("short netlink error message")?;
+    for m in messages(buf)? {
+        if m.ty == NLMSG_ERROR {
+            let e = m.body.get(..4).ok_or("short netlink error message")?;
             let error = i32::from_ne_bytes([e[0], e[1], e[2], e[3]]);
             out.push(Reply {
-                seq,
+                seq: m.seq,
                 errno: error.saturating_neg(),
             });
         }
-        i += (len + 3) & !3;
     }
     Ok(out)
 }
