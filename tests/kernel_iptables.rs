@@ -145,15 +145,6 @@ fn rendered_payloads_are_accepted_by_iptables_restore() {
     assert!(failures.is_empty(), "{failures:?}");
 }
 
-/// One UDP query from a fixed source port (so conntrack sees one flow).
-fn udp_from_port(lab: &Lab, ip: &str, port: u16, sport: u16) -> String {
-    let script = format!(
-        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',{sport}))\ns.settimeout(1)\ntry:\n  s.sendto(b'q',('{ip}',{port})); print(s.recvfrom(200)[0].decode().split()[0])\nexcept OSError: print('timeout')\n"
-    );
-    let out = lab.in_ns(&lab.node, &["python3", "-c", &script]);
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn stale_udp_conntrack_entries_are_flushed() {
     require_kernel!();
@@ -175,7 +166,7 @@ fn stale_udp_conntrack_entries_are_flushed() {
     lab.write("dns.yaml", &dns("10.244.1.10"));
     lab.start_proxy(&[]);
     wait_until("UDP service answers", WAIT, || {
-        udp_from_port(&lab, "10.96.0.53", 53, 40000) == "pod0:5353"
+        scenarios::udp_from_port(&lab, "10.96.0.53", 53, 40000) == "pod0:5353"
     });
     // The flow 40000 -> VIP:53 is now tracked to pod0. Move the endpoint to pod1:
     // without the flush, the same flow would keep reaching pod0 (still alive).
@@ -186,7 +177,7 @@ fn stale_udp_conntrack_entries_are_flushed() {
     wait_until(
         "same UDP flow now answered by pod1",
         Duration::from_secs(5),
-        || udp_from_port(&lab, "10.96.0.53", 53, 40000) == "pod1:5353",
+        || scenarios::udp_from_port(&lab, "10.96.0.53", 53, 40000) == "pod1:5353",
     );
 }
 

@@ -401,11 +401,7 @@ fn stale_udp_conntrack_entries_are_flushed() {
     };
     lab.write("dns.yaml", &dns("10.244.1.10"));
     lab.start_proxy(&NFT);
-    let query = |lab: &Lab| {
-        let script = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',40000))\ns.settimeout(1)\ntry:\n  s.sendto(b'q',('10.96.0.53',53)); print(s.recvfrom(200)[0].decode().split()[0])\nexcept OSError: print('timeout')\n";
-        let out = lab.in_ns(&lab.node, &["python3", "-c", script]);
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let query = |lab: &Lab| scenarios::udp_from_port(lab, "10.96.0.53", 53, 40000);
     // One endpoint over UDP: the dispatch chain c1 must DNAT UDP too.
     wait_until("UDP service answers", WAIT, || query(&lab) == "pod0:5353");
     // The same flow (source port 40000) is tracked to pod0; moving the

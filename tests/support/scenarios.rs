@@ -591,3 +591,12 @@ pub fn node_address_external_ip(mode: &[&str], allow: bool) {
     }
     assert!(lab.proxy_running());
 }
+
+/// One UDP query from a fixed source port (so conntrack sees one flow).
+pub fn udp_from_port(lab: &Lab, ip: &str, port: u16, sport: u16) -> String {
+    let script = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',{sport}))\ns.settimeout(1)\ntry:\n  s.sendto(b'q',('{ip}',{port})); print(s.recvfrom(200)[0].decode().split()[0])\nexcept OSError: print('timeout')\n"
+    );
+    let out = lab.in_ns(&lab.node, &["python3", "-c", &script]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
